@@ -1,0 +1,61 @@
+// The `tessera` command line.
+import { Command, Option } from "commander";
+import { floatArg, intArg } from "./args.js";
+import { generateCommand } from "./generate.js";
+import { inspectCommand } from "./inspect.js";
+import { makeTestModelCommand } from "./make-test-model.js";
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+const program = new Command()
+  .name("tessera")
+  .description("Private, verifiable LLM inference on a swarm of heterogeneous machines")
+  .showHelpAfterError();
+
+program
+  .command("generate")
+  .description("generate text with a model on this machine; tokens stream to stdout")
+  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
+  .requiredOption("-p, --prompt <text>", "prompt text (the user message with --chat)")
+  .option("--chat", "wrap the prompt in the model's chat template")
+  .option("--system <text>", "system message (with --chat)")
+  .option("-n, --max-tokens <n>", "tokens to generate at most", intArg, 128)
+  .option("-t, --temperature <t>", "sampling temperature; 0 is greedy", floatArg, 0.8)
+  .option("--top-k <k>", "keep the k most likely tokens (0: all)", intArg, 40)
+  .option("--top-p <p>", "nucleus sampling mass", floatArg, 0.95)
+  .option("--min-p <p>", "drop tokens below p × the top probability", floatArg, 0)
+  .option("--repetition-penalty <r>", "penalty for recent tokens (1: none)", floatArg, 1.1)
+  .option("--seed <n>", "random seed", intArg, 42)
+  .option("--stop <text>", "stop string (repeatable)", collect, [])
+  .option("--ignore-eos", "keep generating past the end-of-sequence token")
+  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "q8", "q4"]).default("f32"))
+  .option("--splits <blocks>", "run as a chain of spans split at these blocks, e.g. 2,4")
+  .option("--threads <n>", "compute threads (default: all cores)", intArg)
+  .option("--json", "print one JSON object with tokens, text and timings instead of streaming")
+  .action(generateCommand);
+
+program
+  .command("make-test-model")
+  .description("write a random-weight checkpoint (for tests and benchmarks)")
+  .requiredOption("-o, --out <path>", "output folder (hf) or .gguf file (gguf)")
+  .option("--preset <name>", "model shape: tiny-llama, tiny-llama3, tiny-qwen2, tiny-gpt2, bench-0.6b", "tiny-llama")
+  .addOption(new Option("--format <format>", "checkpoint format").choices(["hf", "gguf"]).default("hf"))
+  .addOption(
+    new Option("--dtype <dtype>", "stored type (hf: F32 F16 BF16; gguf: F32 F16 Q8_0 Q4_0)").default("F32"),
+  )
+  .option("--seed <n>", "weight seed", intArg, 0)
+  .option("--shard-mb <mb>", "hf: split into shards of at most this many MB", intArg)
+  .action(makeTestModelCommand);
+
+program
+  .command("inspect")
+  .description("print a checkpoint's config and tensors")
+  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
+  .action(inspectCommand);
+
+program.parseAsync().catch((e: Error) => {
+  console.error(`tessera: ${e.name === "Error" ? "" : `${e.name}: `}${e.message}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,176 @@
+// Runs a span model on ONNX Runtime with per-session KV caches. Each session owns fixed
+// [1, kvHeads, maxLength, headDim] buffers per layer that GroupQueryAttention updates in place
+// (the same buffer is bound as past input and present output), so a step copies no cache.
+import * as ort from "onnxruntime-node";
+import type { Checkpoint } from "../model/checkpoint.js";
+import type { ModelConfig } from "../model/types.js";
+import { IO, type SpanSpec } from "./span-graph.js";
+import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
+
+export class SessionError extends Error {
+  override name = "SessionError";
+}
+
+export interface ForwardInput {
+  /** Token ids (spans that include the embedding). */
+  tokens?: ArrayLike<number>;
+  /** Hidden states [tokens × hiddenSize] (spans without the embedding). */
+  hidden?: Float32Array;
+}
+
+export interface ForwardOutput {
+  /** [positions × vocab]: the last position only, unless allLogits was asked for. */
+  logits?: Float32Array;
+  /** [tokens × hiddenSize] (spans without the head). */
+  hidden?: Float32Array;
+}
+
+export class SpanRunner {
+  private constructor(
+    readonly config: ModelConfig,
+    readonly span: SpanSpec,
+    private readonly model: SpanModel,
+  ) {}
+
+  static async load(checkpoint: Checkpoint, span: SpanSpec, options: Partial<SpanModelOptions> = {}): Promise<SpanRunner> {
+    const c = checkpoint.config;
+    if (!(span.start >= 0 && span.start < span.end && span.end <= c.numLayers)) {
+      throw new SessionError(`invalid span [${span.start}, ${span.end}) for a model of ${c.numLayers} blocks`);
+    }
+    const model = await loadSpanModel(checkpoint, span, {
+      format: options.format ?? "f32",
+      maxSequence: options.maxSequence ?? Math.min(c.maxPositionEmbeddings, 8192),
+      threads: options.threads,
+      cacheDir: options.cacheDir,
+      onTensorRead: options.onTensorRead,
+    });
+    return new SpanRunner(c, span, model);
+  }
+
+  get maxSequence(): number {
+    return this.model.options.maxSequence;
+  }
+
+  /** Bytes of KV cache one token takes in this span. */
+  get kvBytesPerToken(): number {
+    const c = this.config;
+    return 2 * (this.span.end - this.span.start) * c.numKvHeads * c.headDim * 4;
+  }
+
+  openSession(maxLength: number): KvSession {
+    if (!(maxLength > 0 && maxLength <= this.maxSequence)) {
+      throw new SessionError(`session length ${maxLength} outside 1..${this.maxSequence}`);
+    }
+    return new KvSession(this, maxLength);
+  }
+
+  /** @internal Runs one step for a session. */
+  async run(feeds: Record<string, ort.Tensor>, fetches: Record<string, ort.Tensor | null>): Promise<ort.InferenceSession.ReturnType> {
+    return this.model.session.run(feeds, fetches as ort.InferenceSession.FetchesType);
+  }
+
+  async release(): Promise<void> {
+    await this.model.session.release();
+  }
+}
+
+export class KvSession {
+  private caches: { key: ort.Tensor; value: ort.Tensor }[] = [];
+  private _length = 0;
+  private closed = false;
+
+  constructor(
+    private readonly runner: SpanRunner,
+    readonly maxLength: number,
+  ) {
+    const c = runner.config;
+    const dims = [1, c.numKvHeads, maxLength, c.headDim];
+    const size = c.numKvHeads * maxLength * c.headDim;
+    for (let i = runner.span.start; i < runner.span.end; i++) {
+      this.caches.push({
+        key: new ort.Tensor("float32", new Float32Array(size), dims),
+        value: new ort.Tensor("float32", new Float32Array(size), dims),
+      });
+    }
+  }
+
+  /** Tokens held in the cache. */
+  get length(): number {
+    return this._length;
+  }
+
+  /** Forgets everything from `position` on (rollback); later steps overwrite those slots. */
+  truncate(position: number): void {
+    if (!(Number.isInteger(position) && position >= 0 && position <= this._length)) {
+      throw new SessionError(`cannot roll back to position ${position}: the session holds ${this._length} tokens`);
+    }
+    this._length = position;
+  }
+
+  async forward(input: ForwardInput, opts: { allLogits?: boolean } = {}): Promise<ForwardOutput> {
+    if (this.closed) throw new SessionError("session is closed");
+    const { runner } = this;
+    const c = runner.config;
+    const span = runner.span;
+    const count = span.embed ? (input.tokens?.length ?? 0) : (input.hidden?.length ?? 0) / c.hiddenSize;
+    if (!Number.isInteger(count) || count <= 0) {
+      throw new SessionError(
+        span.embed
+          ? "expected a non-empty list of token ids"
+          : `expected hidden states of [tokens × ${c.hiddenSize}] floats, got ${input.hidden?.length ?? 0}`,
+      );
+    }
+    const total = this._length + count;
+    if (total > this.maxLength) {
+      throw new SessionError(`session full: ${this._length} + ${count} tokens exceed its length ${this.maxLength}`);
+    }
+
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.seqlensK]: new ort.Tensor("int32", Int32Array.of(total - 1), [1]),
+      [IO.totalLength]: new ort.Tensor("int32", Int32Array.of(total), []),
+    };
+    if (span.embed) {
+      const ids = new BigInt64Array(count);
+      for (let i = 0; i < count; i++) {
+        const id = input.tokens![i]!;
+        if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) {
+          throw new SessionError(`token id ${id} at index ${i} outside the vocabulary (0..${c.vocabSize - 1})`);
+        }
+        ids[i] = BigInt(id);
+      }
+      feeds[IO.inputIds] = new ort.Tensor("int64", ids, [1, count]);
+      if (c.architecture === "gpt2") {
+        if (total > c.maxPositionEmbeddings) {
+          throw new SessionError(`position ${total - 1} beyond the model's ${c.maxPositionEmbeddings} positions`);
+        }
+        const positions = BigInt64Array.from({ length: count }, (_, i) => BigInt(this._length + i));
+        feeds[IO.positionIds] = new ort.Tensor("int64", positions, [1, count]);
+      }
+    } else {
+      feeds[IO.hiddenIn] = new ort.Tensor("float32", input.hidden!, [1, count, c.hiddenSize]);
+    }
+    if (span.head) {
+      feeds[IO.logitsFrom] = new ort.Tensor("int64", BigInt64Array.of(BigInt(opts.allLogits ? 0 : count - 1)), [1]);
+    }
+
+    const fetches: Record<string, ort.Tensor | null> = { [span.head ? IO.logits : IO.hiddenOut]: null };
+    this.caches.forEach((cache, j) => {
+      const layer = span.start + j;
+      feeds[IO.pastKey(layer)] = cache.key;
+      feeds[IO.pastValue(layer)] = cache.value;
+      fetches[IO.presentKey(layer)] = cache.key;
+      fetches[IO.presentValue(layer)] = cache.value;
+    });
+
+    const result = await runner.run(feeds, fetches);
+    this._length = total;
+    return span.head
+      ? { logits: result[IO.logits]!.data as Float32Array }
+      : { hidden: result[IO.hiddenOut]!.data as Float32Array };
+  }
+
+  close(): void {
+    this.closed = true;
+    this.caches = [];
+  }
+}

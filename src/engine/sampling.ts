@@ -1,0 +1,266 @@
+// Next-token selection from logits: repetition penalty, temperature, top-k, top-p, min-p.
+// Pure functions; randomness comes in as an rng so runs are reproducible.
+
+export interface SamplingParams {
+  /** 0 selects greedy decoding (argmax after the repetition penalty). */
+  temperature: number;
+  /** Keep only the k most likely tokens; 0 (or >= vocab size) disables. */
+  topK: number;
+  /** Keep the smallest set of most likely tokens whose mass reaches topP; 1 disables. */
+  topP: number;
+  /** Drop tokens whose probability is below minP times the top probability; 0/undefined disables. */
+  minP?: number;
+  /** > 1 discourages tokens seen in the window; 1 disables. */
+  repetitionPenalty: number;
+  /** How many of the most recent tokens the penalty looks at; undefined = all of them. */
+  repetitionWindow?: number;
+}
+
+export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
+
+export function isGreedy(params: SamplingParams): boolean {
+  return params.temperature <= 0;
+}
+
+/** mulberry32: a fast 32-bit generator returning floats in [0, 1). */
+export function createRng(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Index of the largest value; the first one on ties. NaN never wins. */
+export function argmax(values: ArrayLike<number>): number {
+  let best = 0;
+  let bestValue = -Infinity;
+  for (let i = 0; i < values.length; i++) {
+    if (values[i] > bestValue) {
+      bestValue = values[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
+export function logSoftmax(logits: ArrayLike<number>): Float32Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const logZ = max + Math.log(sum);
+  const out = new Float32Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - logZ;
+  return out;
+}
+
+/**
+ * The logits with the HF/llama.cpp repetition penalty applied to every token in the last
+ * `window` entries of `previousTokens`: positive logits are divided by the penalty, negative
+ * ones multiplied. Returns the input itself when there is nothing to penalize.
+ */
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  previousTokens: readonly number[],
+  penalty: number,
+  window?: number,
+): Float32Array {
+  if (penalty === 1 || previousTokens.length === 0) return logits;
+  const start = window === undefined ? 0 : Math.max(0, previousTokens.length - window);
+  if (start >= previousTokens.length) return logits;
+  const out = logits.slice();
+  const seen = new Set<number>();
+  for (let i = start; i < previousTokens.length; i++) {
+    const id = previousTokens[i];
+    if (seen.has(id) || id < 0 || id >= out.length) continue;
+    seen.add(id);
+    out[id] = out[id] > 0 ? out[id] / penalty : out[id] * penalty;
+  }
+  return out;
+}
+
+export function sampleToken(
+  logits: Float32Array,
+  params: SamplingParams,
+  previousTokens: readonly number[],
+  rng: () => number,
+): number {
+  const scores = applyRepetitionPenalty(logits, previousTokens, params.repetitionPenalty, params.repetitionWindow);
+  if (isGreedy(params)) return argmax(scores);
+
+  const n = scores.length;
+  const k = params.topK > 0 ? Math.min(params.topK, n) : n;
+  const invTemperature = 1 / params.temperature;
+  const maxScore = scores[argmax(scores)];
+  if (maxScore === -Infinity || Number.isNaN(maxScore)) return argmax(scores);
+  const weight = (id: number) => Math.exp((scores[id] - maxScore) * invTemperature);
+  const minP = params.minP ?? 0;
+
+  if (k === n && params.topP >= 1 && minP <= 0) return drawFromAll(scores, weight, rng);
+
+  // Total mass of the top-k set, which top-p and the draw renormalize over.
+  let total = 0;
+  let candidates: Uint32Array;
+  if (k === n) {
+    for (let i = 0; i < n; i++) total += weight(i);
+    candidates = new Uint32Array(0);
+  } else {
+    candidates = topIndices(scores, k);
+    for (const id of candidates) total += weight(id);
+  }
+
+  // Nucleus: widen the sorted prefix until it holds topP of the mass (usually a few hundred tokens).
+  let keep = k;
+  if (params.topP < 1) {
+    const target = params.topP * total;
+    for (let m = Math.min(k, 256); ; m = Math.min(k, m * 4)) {
+      if (candidates.length < m) candidates = topIndices(scores, m);
+      let mass = 0;
+      let i = 0;
+      while (i < m && mass < target) mass += weight(candidates[i++]);
+      if (mass >= target || m === k) {
+        keep = Math.max(1, i);
+        break;
+      }
+    }
+  } else if (candidates.length < k) {
+    candidates = topIndices(scores, k);
+  }
+
+  if (minP > 0) {
+    // The top candidate has weight 1, so the threshold is minP itself.
+    let i = 1;
+    while (i < keep && weight(candidates[i]) >= minP) i++;
+    keep = i;
+  }
+
+  let kept = 0;
+  for (let i = 0; i < keep; i++) kept += weight(candidates[i]);
+  let r = rng() * kept;
+  for (let i = 0; i < keep; i++) {
+    r -= weight(candidates[i]);
+    if (r < 0) return candidates[i];
+  }
+  return candidates[keep - 1];
+}
+
+function drawFromAll(scores: Float32Array, weight: (id: number) => number, rng: () => number): number {
+  const weights = new Float64Array(scores.length);
+  let total = 0;
+  for (let i = 0; i < scores.length; i++) total += weights[i] = weight(i);
+  let r = rng() * total;
+  let last = 0;
+  for (let i = 0; i < scores.length; i++) {
+    if (weights[i] === 0) continue;
+    last = i;
+    r -= weights[i];
+    if (r < 0) return i;
+  }
+  return last;
+}
+
+/**
+ * The `m` highest-scoring indices, best first (lower index first on ties), by partial
+ * selection with a size-m min-heap: O(n log m) rather than a full sort.
+ */
+export function topIndices(scores: ArrayLike<number>, m: number): Uint32Array {
+  const n = scores.length;
+  m = Math.min(m, n);
+  if (m <= 0) return new Uint32Array(0);
+  const better = (a: number, b: number) => scores[a] > scores[b] || (scores[a] === scores[b] && a < b);
+  if (m * 4 >= n) {
+    const all = Array.from({ length: n }, (_, i) => i);
+    all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
+    return Uint32Array.from(all.slice(0, m));
+  }
+  // heap[0] is the worst of the current best m.
+  const heap = new Uint32Array(m);
+  const siftDown = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let worst = i;
+      if (l < m && better(heap[worst], heap[l])) worst = l;
+      if (r < m && better(heap[worst], heap[r])) worst = r;
+      if (worst === i) return;
+      [heap[i], heap[worst]] = [heap[worst], heap[i]];
+      i = worst;
+    }
+  };
+  for (let i = 0; i < m; i++) heap[i] = i;
+  for (let i = (m >> 1) - 1; i >= 0; i--) siftDown(i);
+  for (let i = m; i < n; i++) {
+    if (better(i, heap[0])) {
+      heap[0] = i;
+      siftDown(0);
+    }
+  }
+  return heap.sort((a, b) => (better(a, b) ? -1 : 1));
+}
+
+/**
+ * Watches streamed text for stop strings. Text that might be the start of a stop string is
+ * held back until the following text decides it; on a match the output ends just before it.
+ */
+export class StopMatcher {
+  private readonly stops: string[];
+  private pending = "";
+  private done = false;
+
+  constructor(stops: readonly string[]) {
+    this.stops = stops.filter((s) => s.length > 0);
+  }
+
+  get stopped(): boolean {
+    return this.done;
+  }
+
+  push(text: string): { emit: string; stopped: boolean; stop?: string } {
+    if (this.done) return { emit: "", stopped: true };
+    this.pending += text;
+    let cut = -1;
+    let matched: string | undefined;
+    for (const stop of this.stops) {
+      const at = this.pending.indexOf(stop);
+      if (at >= 0 && (cut < 0 || at < cut)) {
+        cut = at;
+        matched = stop;
+      }
+    }
+    if (cut >= 0) {
+      this.done = true;
+      const emit = this.pending.slice(0, cut);
+      this.pending = "";
+      return { emit, stopped: true, stop: matched };
+    }
+    const held = this.heldBackLength();
+    const emit = this.pending.slice(0, this.pending.length - held);
+    this.pending = this.pending.slice(this.pending.length - held);
+    return { emit, stopped: false };
+  }
+
+  /** Releases text held back as a possible stop-string start (call at end of generation). */
+  flush(): string {
+    const rest = this.done ? "" : this.pending;
+    this.pending = "";
+    return rest;
+  }
+
+  /** Length of the longest suffix of `pending` that is a proper prefix of some stop string. */
+  private heldBackLength(): number {
+    let best = 0;
+    for (const stop of this.stops) {
+      for (let len = Math.min(stop.length - 1, this.pending.length); len > best; len--) {
+        if (this.pending.endsWith(stop.slice(0, len))) {
+          best = len;
+          break;
+        }
+      }
+    }
+    return best;
+  }
+}

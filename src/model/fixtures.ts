@@ -1,0 +1,419 @@
+// Writes small random-weight checkpoints in real formats (Hugging Face folders and GGUF files),
+// the same weights in both, for tests and benchmarks. Weights derive from (seed, tensor name),
+// so each writer generates them on demand without holding a whole model.
+import { mkdir, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { llama3FreqFactors } from "../engine/rope.js";
+import { ggufTokenizerMetadata, tokenizerJsonFromBpe, trainByteLevelBpe, type BpeVocab } from "./bpe-train.js";
+import { expectedShapes } from "./config.js";
+import { gguf, type GgufTyped, writeGguf } from "./gguf.js";
+import { f32ArrayToBf16, f32ArrayToF16, quantizeQ4_0, quantizeQ8_0 } from "./quant.js";
+import { writeSafetensorsSharded } from "./safetensors.js";
+import type { DType, ModelConfig, RopeScaling } from "./types.js";
+import { transpose } from "./transpose.js";
+
+export type FixtureArchitecture = "llama" | "mistral" | "qwen2" | "gpt2";
+
+export interface TestModelSpec {
+  architecture: FixtureArchitecture;
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  intermediateSize: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings?: boolean;
+  ropeTheta?: number;
+  ropeScaling?: RopeScaling;
+  seed?: number;
+}
+
+export const PRESETS: Record<string, TestModelSpec> = {
+  "tiny-llama": {
+    architecture: "llama",
+    vocabSize: 512,
+    hiddenSize: 128,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    intermediateSize: 256,
+    maxPositionEmbeddings: 512,
+  },
+  "tiny-llama3": {
+    architecture: "llama",
+    vocabSize: 512,
+    hiddenSize: 128,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 1,
+    intermediateSize: 384,
+    maxPositionEmbeddings: 2048,
+    ropeTheta: 500000,
+    ropeScaling: { type: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    tieWordEmbeddings: true,
+  },
+  "tiny-qwen2": {
+    architecture: "qwen2",
+    vocabSize: 512,
+    hiddenSize: 128,
+    numLayers: 3,
+    numHeads: 4,
+    numKvHeads: 2,
+    intermediateSize: 256,
+    maxPositionEmbeddings: 512,
+    ropeTheta: 1000000,
+    tieWordEmbeddings: true,
+  },
+  "tiny-gpt2": {
+    architecture: "gpt2",
+    vocabSize: 512,
+    hiddenSize: 128,
+    numLayers: 3,
+    numHeads: 4,
+    numKvHeads: 4,
+    intermediateSize: 512,
+    maxPositionEmbeddings: 256,
+  },
+  /** ≈0.6B parameters, Llama-shaped: the engine benchmark's model. */
+  "bench-0.6b": {
+    architecture: "llama",
+    vocabSize: 32000,
+    hiddenSize: 1536,
+    numLayers: 20,
+    numHeads: 24,
+    numKvHeads: 8,
+    intermediateSize: 4096,
+    maxPositionEmbeddings: 4096,
+  },
+};
+
+const SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"];
+const CHAT_TEMPLATE =
+  "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" +
+  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/** The ModelConfig a spec describes (Hugging Face layout). */
+export function fixtureConfig(spec: TestModelSpec): ModelConfig {
+  const llama = spec.architecture !== "gpt2";
+  const vocab = fixtureVocab(spec);
+  return {
+    architecture: llama ? "llama" : "gpt2",
+    vocabSize: spec.vocabSize,
+    hiddenSize: spec.hiddenSize,
+    numLayers: spec.numLayers,
+    numHeads: spec.numHeads,
+    numKvHeads: llama ? spec.numKvHeads : spec.numHeads,
+    headDim: spec.hiddenSize / spec.numHeads,
+    intermediateSize: spec.intermediateSize,
+    normEps: llama ? 1e-5 : 1e-5,
+    maxPositionEmbeddings: spec.maxPositionEmbeddings,
+    tieWordEmbeddings: llama ? (spec.tieWordEmbeddings ?? false) : true,
+    qkvBias: spec.architecture !== "llama" && spec.architecture !== "mistral",
+    ropeTheta: llama ? (spec.ropeTheta ?? 10000) : 0,
+    ropeScaling: spec.ropeScaling,
+    ropeInterleaved: false,
+    bosTokenId: vocab.specialTokens.find((s) => s.token === "<s>")!.id,
+    eosTokenIds: [vocab.specialTokens.find((s) => s.token === "</s>")!.id],
+  };
+}
+
+const vocabCache = new Map<number, BpeVocab>();
+function fixtureVocab(spec: TestModelSpec): BpeVocab {
+  let v = vocabCache.get(spec.vocabSize);
+  if (!v) {
+    v = trainByteLevelBpe(undefined, { vocabSize: spec.vocabSize, specialTokens: SPECIALS });
+    vocabCache.set(spec.vocabSize, v);
+  }
+  return v;
+}
+
+/** Deterministic weights of one tensor, scaled so activations and logits stay informative. */
+export function fixtureTensor(spec: TestModelSpec, name: string, shape: number[]): Float32Array {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const rng = uniformRng(hashSeed(spec.seed ?? 0, name));
+  const out = new Float32Array(n);
+  const isNorm = /norm\.weight$/.test(name);
+  const isBias = name.endsWith(".bias");
+  let std: number;
+  if (isNorm) std = 0.1;
+  else if (isBias) std = 0.05;
+  else if (name.startsWith("token_embd") || name.startsWith("position_embd")) std = name.startsWith("position") ? 0.2 : 1;
+  else if (name.startsWith("output.")) std = 3 / Math.sqrt(shape[1]!);
+  else std = 1 / Math.sqrt(shape[1]!);
+  const a = std * Math.sqrt(3);
+  for (let i = 0; i < n; i++) out[i] = (isNorm ? 1 : 0) + a * (2 * rng() - 1);
+  return out;
+}
+
+/** Tensor names and shapes in canonical (llama.cpp) naming, [out, in] for projections. */
+function fixtureShapes(spec: TestModelSpec): Map<string, number[]> {
+  return expectedShapes(fixtureConfig(spec));
+}
+
+// ---------------------------------------------------------------- Hugging Face folder
+
+export interface HfWriteOptions {
+  dtype?: "F32" | "F16" | "BF16";
+  /** Shard size limit; default one file. */
+  maxShardBytes?: number;
+}
+
+export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: HfWriteOptions = {}): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const dtype = opts.dtype ?? "F32";
+  const tensors = [...fixtureShapes(spec)].map(([name, shape]) => {
+    const hf = hfName(spec, name);
+    const values = fixtureTensor(spec, name, shape);
+    // Hugging Face GPT-2 stores Conv1D weights as [in, out].
+    const [stored, storedShape] = hf.transposed
+      ? [transpose(values, shape[0]!, shape[1]!), [shape[1]!, shape[0]!]]
+      : [values, shape];
+    return { name: hf.name, dtype, shape: storedShape, bytes: encodeFloat(stored, dtype) };
+  });
+  await writeSafetensorsSharded(dir, tensors, opts.maxShardBytes ?? Number.MAX_SAFE_INTEGER);
+  const config = fixtureConfig(spec);
+  const vocab = fixtureVocab(spec);
+  await writeFile(join(dir, "config.json"), JSON.stringify(hfConfigJson(spec, config, dtype), null, 2));
+  await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJsonFromBpe(vocab)));
+  await writeFile(
+    join(dir, "tokenizer_config.json"),
+    JSON.stringify(
+      {
+        bos_token: "<s>",
+        eos_token: "</s>",
+        add_bos_token: spec.architecture !== "gpt2",
+        chat_template: CHAT_TEMPLATE,
+        model_max_length: spec.maxPositionEmbeddings,
+      },
+      null,
+      2,
+    ),
+  );
+}
+
+function hfConfigJson(spec: TestModelSpec, c: ModelConfig, dtype: string): Record<string, unknown> {
+  const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype];
+  if (spec.architecture === "gpt2") {
+    return {
+      architectures: ["GPT2LMHeadModel"],
+      model_type: "gpt2",
+      vocab_size: c.vocabSize,
+      n_embd: c.hiddenSize,
+      n_layer: c.numLayers,
+      n_head: c.numHeads,
+      n_inner: c.intermediateSize,
+      n_positions: c.maxPositionEmbeddings,
+      n_ctx: c.maxPositionEmbeddings,
+      layer_norm_epsilon: c.normEps,
+      activation_function: "gelu_new",
+      bos_token_id: c.bosTokenId,
+      eos_token_id: c.eosTokenIds[0],
+      torch_dtype: torchDtype,
+    };
+  }
+  const cls = { llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM" }[spec.architecture];
+  return {
+    architectures: [cls],
+    model_type: spec.architecture,
+    vocab_size: c.vocabSize,
+    hidden_size: c.hiddenSize,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.numLayers,
+    num_attention_heads: c.numHeads,
+    num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    rms_norm_eps: c.normEps,
+    rope_theta: c.ropeTheta,
+    rope_scaling: c.ropeScaling
+      ? {
+          rope_type: "llama3",
+          factor: c.ropeScaling.factor,
+          low_freq_factor: c.ropeScaling.lowFreqFactor,
+          high_freq_factor: c.ropeScaling.highFreqFactor,
+          original_max_position_embeddings: c.ropeScaling.originalMaxPositionEmbeddings,
+        }
+      : null,
+    max_position_embeddings: c.maxPositionEmbeddings,
+    tie_word_embeddings: c.tieWordEmbeddings,
+    attention_bias: false,
+    bos_token_id: c.bosTokenId,
+    eos_token_id: c.eosTokenIds[0],
+    torch_dtype: torchDtype,
+  };
+}
+
+function hfName(spec: TestModelSpec, canonical: string): { name: string; transposed: boolean } {
+  const m = /^blk\.(\d+)\.(.+)$/.exec(canonical);
+  if (spec.architecture === "gpt2") {
+    const top: Record<string, string> = {
+      "token_embd.weight": "wte.weight",
+      "position_embd.weight": "wpe.weight",
+      "output_norm.weight": "ln_f.weight",
+      "output_norm.bias": "ln_f.bias",
+    };
+    if (!m) return { name: `transformer.${top[canonical]}`, transposed: false };
+    const [part, kind] = splitLast(m[2]!);
+    const local: Record<string, string> = {
+      attn_norm: "ln_1",
+      ffn_norm: "ln_2",
+      attn_qkv: "attn.c_attn",
+      attn_output: "attn.c_proj",
+      ffn_up: "mlp.c_fc",
+      ffn_down: "mlp.c_proj",
+    };
+    const transposed = kind === "weight" && !part.endsWith("norm");
+    return { name: `transformer.h.${m[1]}.${local[part]}.${kind}`, transposed };
+  }
+  const top: Record<string, string> = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+  };
+  if (!m) return { name: top[canonical]!, transposed: false };
+  const [part, kind] = splitLast(m[2]!);
+  const local: Record<string, string> = {
+    attn_norm: "input_layernorm",
+    ffn_norm: "post_attention_layernorm",
+    attn_q: "self_attn.q_proj",
+    attn_k: "self_attn.k_proj",
+    attn_v: "self_attn.v_proj",
+    attn_output: "self_attn.o_proj",
+    ffn_gate: "mlp.gate_proj",
+    ffn_up: "mlp.up_proj",
+    ffn_down: "mlp.down_proj",
+  };
+  return { name: `model.layers.${m[1]}.${local[part]}.${kind}`, transposed: false };
+}
+
+function splitLast(s: string): [string, string] {
+  const i = s.lastIndexOf(".");
+  return [s.slice(0, i), s.slice(i + 1)];
+}
+
+// ---------------------------------------------------------------- GGUF file
+
+export interface GgufWriteOptions {
+  dtype?: "F32" | "F16" | "Q8_0" | "Q4_0";
+}
+
+const FILE_TYPE: Record<NonNullable<GgufWriteOptions["dtype"]>, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 7 };
+
+export async function writeGgufTestModel(file: string, spec: TestModelSpec, opts: GgufWriteOptions = {}): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  const dtype = opts.dtype ?? "F32";
+  const c = fixtureConfig(spec);
+  const vocab = fixtureVocab(spec);
+  // llama.cpp's converter stores Llama/Mistral q/k with adjacent rotary pairs; Qwen2 keeps HF's.
+  const permuteQK = spec.architecture === "llama" || spec.architecture === "mistral";
+  const arch = spec.architecture === "mistral" ? "llama" : spec.architecture;
+
+  const tensors = [...fixtureShapes(spec)].map(([name, shape]) => {
+    const tensorType = storedType(name, shape, dtype);
+    return {
+      name,
+      dtype: tensorType,
+      shape,
+      bytes: () => {
+        let values = fixtureTensor(spec, name, shape);
+        if (permuteQK && /attn_q\./.test(name)) values = toAdjacentPairs(values, c.numHeads, c.headDim);
+        if (permuteQK && /attn_k\./.test(name)) values = toAdjacentPairs(values, c.numKvHeads, c.headDim);
+        return encodeFloat(values, tensorType);
+      },
+    };
+  });
+  if (c.ropeScaling) {
+    const factors = llama3FreqFactors(c);
+    tensors.push({ name: "rope_freqs.weight", dtype: "F32", shape: [factors.length], bytes: () => encodeFloat(factors, "F32") });
+  }
+
+  const metadata: Array<[string, GgufTyped]> = [
+    ["general.architecture", gguf.str(arch)],
+    ["general.name", gguf.str(`tessera-fixture-${spec.architecture}`)],
+    ["general.file_type", gguf.u32(FILE_TYPE[dtype])],
+    [`${arch}.context_length`, gguf.u32(c.maxPositionEmbeddings)],
+    [`${arch}.embedding_length`, gguf.u32(c.hiddenSize)],
+    [`${arch}.block_count`, gguf.u32(c.numLayers)],
+    [`${arch}.feed_forward_length`, gguf.u32(c.intermediateSize)],
+    [`${arch}.attention.head_count`, gguf.u32(c.numHeads)],
+  ];
+  if (arch === "gpt2") {
+    metadata.push([`${arch}.attention.layer_norm_epsilon`, gguf.f32(c.normEps)]);
+  } else {
+    metadata.push(
+      [`${arch}.attention.head_count_kv`, gguf.u32(c.numKvHeads)],
+      [`${arch}.attention.layer_norm_rms_epsilon`, gguf.f32(c.normEps)],
+      [`${arch}.rope.freq_base`, gguf.f32(c.ropeTheta)],
+      [`${arch}.rope.dimension_count`, gguf.u32(c.headDim)],
+      [`${arch}.vocab_size`, gguf.u32(c.vocabSize)],
+    );
+  }
+  metadata.push(
+    ...ggufTokenizerMetadata(vocab, { bosId: c.bosTokenId!, eosId: c.eosTokenIds[0]! }),
+    ["tokenizer.chat_template", gguf.str(CHAT_TEMPLATE)],
+  );
+  await writeGguf(file, metadata, tensors);
+}
+
+/** 1-D tensors and blocks that don't fit stay F32, as llama.cpp's quantizer leaves them. */
+function storedType(name: string, shape: number[], dtype: DType): DType {
+  if (shape.length < 2 || name.startsWith("position_embd")) return "F32";
+  if ((dtype === "Q8_0" || dtype === "Q4_0") && shape[shape.length - 1]! % 32 !== 0) return "F16";
+  return dtype;
+}
+
+/** HF rotate-half rows → GGUF adjacent-pair rows, per head: new[2j + t] = old[t·d/2 + j]. */
+function toAdjacentPairs(w: Float32Array, heads: number, headDim: number): Float32Array {
+  const cols = w.length / (heads * headDim);
+  const out = new Float32Array(w.length);
+  const half = headDim / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < half; j++) {
+      for (let t = 0; t < 2; t++) {
+        const src = (h * headDim + t * half + j) * cols;
+        const dst = (h * headDim + 2 * j + t) * cols;
+        out.set(w.subarray(src, src + cols), dst);
+      }
+    }
+  }
+  return out;
+}
+
+function encodeFloat(values: Float32Array, dtype: DType): Uint8Array {
+  switch (dtype) {
+    case "F32":
+      return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+    case "F16":
+      return bytes16(f32ArrayToF16(values));
+    case "BF16":
+      return bytes16(f32ArrayToBf16(values));
+    case "Q8_0":
+      return quantizeQ8_0(values);
+    case "Q4_0":
+      return quantizeQ4_0(values);
+    default:
+      throw new Error(`fixtures cannot write ${dtype}`);
+  }
+}
+
+function bytes16(x: Uint16Array): Uint8Array {
+  return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+}
+
+
+function hashSeed(seed: number, name: string): number {
+  let h = (2166136261 ^ seed) >>> 0;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619) >>> 0;
+  return h;
+}
+
+/** xorshift32: fast and good enough for weights; returns uniform [0, 1). */
+function uniformRng(seed: number): () => number {
+  let s = seed || 0x9e3779b9;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}

@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { LocalPipeline } from "../src/engine/pipeline.js";
+import { openCheckpoint } from "../src/model/checkpoint.js";
+import { ggufModel, hfModel, maxAbsDiff, sampleTokens } from "./support/fixtures.js";
+
+const ARCHS = ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-gpt2"];
+
+async function logits(path: string, tokens: number[], opts: { splits?: number[]; allLogits?: boolean; format?: "f32" | "q8" | "q4" } = {}) {
+  const pipeline = await LocalPipeline.load(await openCheckpoint(path), { splits: opts.splits, format: opts.format, maxSequence: 256 });
+  const session = pipeline.openSession(128);
+  try {
+    return await session.append(tokens, { allLogits: opts.allLogits });
+  } finally {
+    session.close();
+    await pipeline.release();
+  }
+}
+
+for (const preset of ARCHS) {
+  describe(preset, () => {
+    test("running spans [0,k) then [k,L) equals running [0,L)", async () => {
+      const model = await hfModel(preset);
+      const tokens = sampleTokens(12, 512);
+      const whole = await logits(model, tokens, { allLogits: true });
+      const split = await logits(model, tokens, { splits: [1, 2], allLogits: true });
+      assert.equal(whole.length, 12 * 512);
+      assert.ok(maxAbsDiff(whole, split) <= 1e-5, `max diff ${maxAbsDiff(whole, split)}`);
+    });
+
+    test("prefill in one call equals feeding tokens one at a time and in chunks", async () => {
+      const model = await hfModel(preset);
+      const tokens = sampleTokens(10, 512, 7);
+      const pipeline = await LocalPipeline.load(await openCheckpoint(model), { maxSequence: 256 });
+      try {
+        const oneShot = pipeline.openSession(64);
+        const all = await oneShot.append(tokens, { allLogits: true });
+        const stepwise = pipeline.openSession(64);
+        const chunked = pipeline.openSession(64);
+        await chunked.append(tokens.slice(0, 4));
+        const chunkTail = await chunked.append(tokens.slice(4), { allLogits: true });
+        for (let i = 0; i < tokens.length; i++) {
+          const step = await stepwise.append([tokens[i]!]);
+          const row = all.subarray(i * 512, (i + 1) * 512);
+          assert.ok(maxAbsDiff(step, row) < 1e-4, `position ${i}: diff ${maxAbsDiff(step, row)}`);
+        }
+        assert.ok(maxAbsDiff(chunkTail, all.subarray(4 * 512)) < 1e-4);
+      } finally {
+        await pipeline.release();
+      }
+    });
+
+    test("a Hugging Face folder and its GGUF conversion give the same logits", async () => {
+      const tokens = sampleTokens(9, 512, 3);
+      const fromHf = await logits(await hfModel(preset), tokens, { allLogits: true });
+      const fromGguf = await logits(await ggufModel(preset), tokens, { allLogits: true });
+      assert.ok(maxAbsDiff(fromHf, fromGguf) < 1e-4, `max diff ${maxAbsDiff(fromHf, fromGguf)}`);
+    });
+  });
+}
+
+test("rolling a session back and re-feeding reproduces the logits", async () => {
+  const pipeline = await LocalPipeline.load(await openCheckpoint(await hfModel("tiny-llama")), { maxSequence: 256 });
+  try {
+    const s = pipeline.openSession(32);
+    const tokens = sampleTokens(8, 512, 11);
+    await s.append(tokens.slice(0, 6));
+    const first = await s.append(tokens.slice(6));
+    s.truncate(3);
+    const diverged = await s.append([1, 2, 3, 4, 5]);
+    assert.ok(maxAbsDiff(diverged, first) > 1e-3, "different history must give different logits");
+    s.truncate(3);
+    await s.append(tokens.slice(3, 6));
+    const again = await s.append(tokens.slice(6));
+    assert.equal(s.length, 8);
+    assert.ok(maxAbsDiff(first, again) < 1e-5, `diff ${maxAbsDiff(first, again)}`);
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test("F16 and BF16 folders and sharded folders load and agree with F32 within rounding", async () => {
+  const tokens = sampleTokens(6, 512, 5);
+  const f32 = await logits(await hfModel("tiny-llama"), tokens);
+  const f16 = await logits(await hfModel("tiny-llama", "F16"), tokens);
+  const bf16 = await logits(await hfModel("tiny-llama", "BF16"), tokens);
+  const sharded = await logits(await hfModel("tiny-llama", "F32", 200_000), tokens);
+  assert.equal(maxAbsDiff(f32, sharded), 0);
+  assert.ok(maxAbsDiff(f32, f16) < 0.05, `f16 diff ${maxAbsDiff(f32, f16)}`);
+  assert.ok(maxAbsDiff(f32, bf16) < 0.5, `bf16 diff ${maxAbsDiff(f32, bf16)}`);
+});
+
+test("int8 and int4 engine weights stay close to f32 and run GGUF Q8_0/Q4_0 blocks unchanged", async () => {
+  const tokens = sampleTokens(8, 512, 9);
+  const hf = await hfModel("tiny-llama");
+  const f32 = await logits(hf, tokens);
+  const q8 = await logits(hf, tokens, { format: "q8" });
+  const q4 = await logits(hf, tokens, { format: "q4" });
+  const spread = Math.max(...f32) - Math.min(...f32);
+  assert.ok(maxAbsDiff(f32, q8) < 0.05 * spread, `q8 diff ${maxAbsDiff(f32, q8)} of spread ${spread}`);
+  assert.ok(maxAbsDiff(f32, q4) < 0.3 * spread, `q4 diff ${maxAbsDiff(f32, q4)} of spread ${spread}`);
+  const fromGgufQ8 = await logits(await ggufModel("tiny-llama", "Q8_0"), tokens, { format: "q8" });
+  assert.ok(maxAbsDiff(f32, fromGgufQ8) < 0.05 * spread, `gguf q8 diff ${maxAbsDiff(f32, fromGgufQ8)}`);
+});
