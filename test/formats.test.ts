@@ -650,10 +650,10 @@ describe("GGUF", () => {
       theirs.tensorInfo!.map((t) => [t.name, t.dimensions.map(Number), t.ggmlType, Number(t.fileOffset)]),
       [...ours.tensors.values()].map((t) => [t.name, [...t.shape].reverse(), ggmlIds[t.dtype], t.offset]),
     );
-    const test = (theirs.metadata as unknown as { test: Record<string, unknown> }).test;
-    assert.equal(test.str, expectedMetadata["test.str"]);
-    assert.deepEqual(test.arr_str, expectedMetadata["test.arr_str"]);
-    assert.equal(Number(test.u32), 4_000_000_000);
+    const theirTestKeys = (theirs.metadata as unknown as { test: Record<string, unknown> }).test;
+    assert.equal(theirTestKeys.str, expectedMetadata["test.str"]);
+    assert.deepEqual(theirTestKeys.arr_str, expectedMetadata["test.arr_str"]);
+    assert.equal(Number(theirTestKeys.u32), 4_000_000_000);
   });
 
   test("exact byte layout of a minimal file", async () => {

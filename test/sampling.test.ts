@@ -58,7 +58,7 @@ describe("rng and helpers", () => {
     const out = logSoftmax(Float32Array.from([1000, 1000, 1000 - Math.log(2)]));
     const probs = Array.from(out, Math.exp);
     assert.ok(Math.abs(probs.reduce((s, x) => s + x, 0) - 1) < 1e-6);
-    assert.ok(Math.abs(probs[0] - 0.4) < 1e-6 && Math.abs(probs[2] - 0.2) < 1e-6);
+    assert.ok(Math.abs(probs[0] - 0.4) < 1e-4 && Math.abs(probs[2] - 0.2) < 1e-4);
   });
 
   test("topIndices matches a full sort, lower index first on ties", () => {

@@ -90,77 +90,109 @@ export function sampleToken(
   rng: () => number,
 ): number {
   const scores = applyRepetitionPenalty(logits, previousTokens, params.repetitionPenalty, params.repetitionWindow);
-  if (isGreedy(params)) return argmax(scores);
+  const best = argmax(scores);
+  if (isGreedy(params) || !(scores[best] > -Infinity)) return best;
 
   const n = scores.length;
-  const k = params.topK > 0 ? Math.min(params.topK, n) : n;
+  const maxScore = scores[best];
   const invTemperature = 1 / params.temperature;
-  const maxScore = scores[argmax(scores)];
-  if (maxScore === -Infinity || Number.isNaN(maxScore)) return argmax(scores);
-  const weight = (id: number) => Math.exp((scores[id] - maxScore) * invTemperature);
+  // Unnormalized probability after temperature; the most likely token has weight 1.
+  const weightOf = (score: number) => {
+    const x = (score - maxScore) * invTemperature;
+    return x > -60 ? Math.exp(x) : 0;
+  };
+  const k = params.topK > 0 ? Math.min(params.topK, n) : n;
   const minP = params.minP ?? 0;
 
-  if (k === n && params.topP >= 1 && minP <= 0) return drawFromAll(scores, weight, rng);
-
-  // Total mass of the top-k set, which top-p and the draw renormalize over.
-  let total = 0;
-  let candidates: Uint32Array;
-  if (k === n) {
-    for (let i = 0; i < n; i++) total += weight(i);
-    candidates = new Uint32Array(0);
-  } else {
-    candidates = topIndices(scores, k);
-    for (const id of candidates) total += weight(id);
+  if (k < n) {
+    const sorted = topIndices(scores, k);
+    const weights = new Float64Array(n);
+    for (const id of sorted) weights[id] = weightOf(scores[id]);
+    const keep = params.topP < 1 ? nucleusLength(sorted, weights, params.topP * sumOf(sorted, weights)) : k;
+    return draw(sorted.subarray(0, keep), weights, minP, rng) ?? best;
   }
-
-  // Nucleus: widen the sorted prefix until it holds topP of the mass (usually a few hundred tokens).
-  let keep = k;
-  if (params.topP < 1) {
-    const target = params.topP * total;
-    for (let m = Math.min(k, 256); ; m = Math.min(k, m * 4)) {
-      if (candidates.length < m) candidates = topIndices(scores, m);
-      let mass = 0;
-      let i = 0;
-      while (i < m && mass < target) mass += weight(candidates[i++]);
-      if (mass >= target || m === k) {
-        keep = Math.max(1, i);
-        break;
-      }
-    }
-  } else if (candidates.length < k) {
-    candidates = topIndices(scores, k);
-  }
-
-  if (minP > 0) {
-    // The top candidate has weight 1, so the threshold is minP itself.
-    let i = 1;
-    while (i < keep && weight(candidates[i]) >= minP) i++;
-    keep = i;
-  }
-
-  let kept = 0;
-  for (let i = 0; i < keep; i++) kept += weight(candidates[i]);
-  let r = rng() * kept;
-  for (let i = 0; i < keep; i++) {
-    r -= weight(candidates[i]);
-    if (r < 0) return candidates[i];
-  }
-  return candidates[keep - 1];
+  const weights = new Float64Array(n);
+  for (let id = 0; id < n; id++) weights[id] = weightOf(scores[id]);
+  const candidates = params.topP < 1 ? nucleusOfAll(weights, params.topP) : undefined;
+  return draw(candidates, weights, minP, rng) ?? best;
 }
 
-function drawFromAll(scores: Float32Array, weight: (id: number) => number, rng: () => number): number {
-  const weights = new Float64Array(scores.length);
-  let total = 0;
-  for (let i = 0; i < scores.length; i++) total += weights[i] = weight(i);
-  let r = rng() * total;
-  let last = 0;
-  for (let i = 0; i < scores.length; i++) {
-    if (weights[i] === 0) continue;
-    last = i;
-    r -= weights[i];
-    if (r < 0) return i;
+/** Draws among `ids` (all ids when undefined) in proportion to `weights[id]`, skipping those below minP. */
+function draw(
+  ids: ArrayLike<number> | undefined,
+  weights: Float64Array,
+  minP: number,
+  rng: () => number,
+): number | undefined {
+  const count = ids ? ids.length : weights.length;
+  let mass = 0;
+  for (let i = 0; i < count; i++) {
+    const w = weights[ids ? ids[i] : i];
+    if (w >= minP) mass += w;
   }
-  return last;
+  let r = rng() * mass;
+  for (let i = 0; i < count; i++) {
+    const id = ids ? ids[i] : i;
+    const w = weights[id];
+    if (w < minP || w === 0) continue;
+    r -= w;
+    if (r < 0) return id;
+  }
+  return undefined;
+}
+
+function sumOf(ids: ArrayLike<number>, weights: Float64Array): number {
+  let total = 0;
+  for (let i = 0; i < ids.length; i++) total += weights[ids[i]];
+  return total;
+}
+
+/** How many of the best-first `sorted` ids it takes to reach `target` mass (at least one). */
+function nucleusLength(sorted: ArrayLike<number>, weights: Float64Array, target: number): number {
+  let mass = 0;
+  let i = 0;
+  while (i < sorted.length && mass < target) mass += weights[sorted[i++]];
+  return Math.max(1, i);
+}
+
+/**
+ * Top-p over the whole vocabulary without sorting it: ids are bucketed by weight (on a log
+ * scale), whole buckets are taken from the top while they fit under the target mass, and only
+ * the bucket that crosses it is sorted. Same result as cutting a best-first sorted list.
+ */
+function nucleusOfAll(weights: Float64Array, topP: number): number[] {
+  const BUCKETS = 1024;
+  const RANGE = 60; // weights below e^-60 are zero (see sampleToken)
+  const bucketOf = (w: number) => Math.min(BUCKETS - 1, Math.floor((-Math.log(w) * BUCKETS) / RANGE));
+  const bucketMass = new Float64Array(BUCKETS);
+  let total = 0;
+  for (let id = 0; id < weights.length; id++) {
+    const w = weights[id];
+    if (w === 0) continue;
+    bucketMass[bucketOf(w)] += w;
+    total += w;
+  }
+  const target = topP * total;
+  let mass = 0;
+  let boundary = 0;
+  while (boundary < BUCKETS - 1 && mass + bucketMass[boundary] < target) mass += bucketMass[boundary++];
+
+  const kept: number[] = [];
+  const crossing: number[] = [];
+  for (let id = 0; id < weights.length; id++) {
+    const w = weights[id];
+    if (w === 0) continue;
+    const b = bucketOf(w);
+    if (b < boundary) kept.push(id);
+    else if (b === boundary) crossing.push(id);
+  }
+  crossing.sort((a, b) => weights[b] - weights[a] || a - b);
+  for (const id of crossing) {
+    if (mass >= target && kept.length > 0) break;
+    kept.push(id);
+    mass += weights[id];
+  }
+  return kept;
 }
 
 /**
@@ -193,10 +225,13 @@ export function topIndices(scores: ArrayLike<number>, m: number): Uint32Array {
   };
   for (let i = 0; i < m; i++) heap[i] = i;
   for (let i = (m >> 1) - 1; i >= 0; i--) siftDown(i);
+  // Later indices lose ties, so only a strictly greater score displaces the current worst.
+  let worst = scores[heap[0]];
   for (let i = m; i < n; i++) {
-    if (better(i, heap[0])) {
+    if (scores[i] > worst) {
       heap[0] = i;
       siftDown(0);
+      worst = scores[heap[0]];
     }
   }
   return heap.sort((a, b) => (better(a, b) ? -1 : 1));

@@ -138,12 +138,19 @@ export function fixtureTensor(spec: TestModelSpec, name: string, shape: number[]
   let std: number;
   if (isNorm) std = 0.1;
   else if (isBias) std = 0.05;
-  else if (name.startsWith("token_embd") || name.startsWith("position_embd")) std = name.startsWith("position") ? 0.2 : 1;
+  // A head of std 3/√H gives logits with a spread of a few units. A tied embedding is also the
+  // head, but smaller, or the residual's own token would dominate and greedy text would repeat.
   else if (name.startsWith("output.")) std = 3 / Math.sqrt(shape[1]!);
+  else if (name.startsWith("token_embd")) std = (isTied(spec) ? 1.2 : 3) / Math.sqrt(shape[1]!);
+  else if (name.startsWith("position_embd")) std = 0.5 / Math.sqrt(shape[1]!);
   else std = 1 / Math.sqrt(shape[1]!);
   const a = std * Math.sqrt(3);
   for (let i = 0; i < n; i++) out[i] = (isNorm ? 1 : 0) + a * (2 * rng() - 1);
   return out;
+}
+
+function isTied(spec: TestModelSpec): boolean {
+  return spec.architecture === "gpt2" || Boolean(spec.tieWordEmbeddings);
 }
 
 /** Tensor names and shapes in canonical (llama.cpp) naming, [out, in] for projections. */

@@ -22,7 +22,7 @@ export class LlamaCppOracle {
 
   /** log-probabilities of the next token after `tokens`, as a dense vocabulary-sized array. */
   async nextLogProbs(tokens: number[], vocabSize: number): Promise<Float32Array> {
-    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256 });
+    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
     try {
       const sequence = context.getSequence();
       const items = tokens.map((t, i) =>
@@ -42,7 +42,7 @@ export class LlamaCppOracle {
 
   /** Greedy continuation of `tokens` by `count` tokens. */
   async greedy(tokens: number[], count: number): Promise<number[]> {
-    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256 });
+    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
     try {
       const sequence = context.getSequence();
       const result: number[] = [];
