@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { ggufTokenizerMetadata, tokenizerJsonFromBpe, trainByteLevelBpe, type BpeVocab } from "../src/model/bpe-train.js";
 import { gguf, readGguf, writeGguf, type GgufTyped } from "../src/model/gguf.js";
-import { BYTE_TO_UNICODE, Tokenizer } from "../src/model/tokenizer.js";
+import { BYTE_TO_UNICODE, sentencePieceTokenizerJson, Tokenizer } from "../src/model/tokenizer.js";
 import { CheckpointError } from "../src/model/types.js";
 
 const SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"];
@@ -132,7 +132,7 @@ describe("Tokenizer", () => {
 
   test("fromHfDir reads tokenizer.json, tokenizer_config.json and generation_config.json", async () => {
     const hfDir = join(dir, "hf");
-    await import("node:fs/promises").then((fs) => fs.mkdir(hfDir));
+    await mkdir(hfDir);
     await writeFile(join(hfDir, "tokenizer.json"), JSON.stringify(tokenizerJsonFromBpe(vocab)));
     await writeFile(
       join(hfDir, "tokenizer_config.json"),
@@ -207,6 +207,24 @@ describe("SentencePiece ('llama') GGUF vocabularies", () => {
   });
 });
 
+test("a SentencePiece tokenizer.json in a Hugging Face folder matches the GGUF vocabulary", async () => {
+  const meta = spmMetadata(vocab);
+  const fromMeta = Tokenizer.fromGgufMetadata(meta);
+  const spmDir = join(dir, "spm-hf");
+  await mkdir(spmDir);
+  const json = sentencePieceTokenizerJson({
+    tokens: meta.get("tokenizer.ggml.tokens") as string[],
+    scores: meta.get("tokenizer.ggml.scores") as number[],
+    tokenTypes: meta.get("tokenizer.ggml.token_type") as number[],
+    addSpacePrefix: true,
+  });
+  await writeFile(join(spmDir, "tokenizer.json"), JSON.stringify(json));
+  await writeFile(join(spmDir, "tokenizer_config.json"), JSON.stringify({ bos_token: "<s>", eos_token: "</s>", add_bos_token: true }));
+  const fromDir = await Tokenizer.fromHfDir(spmDir);
+  for (const text of TEXTS) assert.deepEqual(fromDir.encode(text), fromMeta.encode(text), JSON.stringify(text));
+  assert.equal(fromDir.vocabSize, fromMeta.vocabSize);
+});
+
 /**
  * A SentencePiece-style vocabulary derived from the BPE one: <unk>, <s>, </s>, 256 byte tokens,
  * then every learned token that is whole UTF-8 text, with '▁' for spaces, scored by merge rank.
@@ -257,7 +275,7 @@ function spmMetadata(v: BpeVocab): Map<string, unknown> {
 // Cross-check with llama.cpp (node-llama-cpp's prebuilt binaries) on a tiny GGUF llama model.
 
 describe("agreement with llama.cpp", () => {
-  test("gpt2 and llama (SentencePiece) vocabularies tokenize like llama.cpp", async (t) => {
+  test("byte-level (gpt-2, llama-bpe, qwen2 splits) and SentencePiece vocabularies tokenize like llama.cpp", async (t) => {
     let getLlama: typeof import("node-llama-cpp").getLlama;
     let llama: Awaited<ReturnType<typeof getLlama>>;
     try {
@@ -268,10 +286,18 @@ describe("agreement with llama.cpp", () => {
       return;
     }
 
-    const gpt2File = join(dir, "gpt2-vocab.gguf");
     const bosId = vocab.tokens.indexOf("<s>");
     const eosId = vocab.tokens.indexOf("</s>");
-    await writeTinyLlamaGguf(gpt2File, vocab.tokens.length, ggufTokenizerMetadata(vocab, { bosId, eosId }));
+    // The same vocabulary under the GPT-2, Llama-3 and Qwen2 pre-tokenizer splits.
+    const byteLevelFiles: string[] = [];
+    for (const pre of ["gpt-2", "llama-bpe", "qwen2"]) {
+      const file = join(dir, `${pre}-vocab.gguf`);
+      const metadata = ggufTokenizerMetadata(vocab, { bosId, eosId }).map(
+        ([k, v]): [string, GgufTyped] => [k, k === "tokenizer.ggml.pre" ? gguf.str(pre) : v],
+      );
+      await writeTinyLlamaGguf(file, vocab.tokens.length, metadata);
+      byteLevelFiles.push(file);
+    }
     const spmMeta = spmMetadata(vocab);
     const spmFile = join(dir, "spm-vocab.gguf");
     const spmTokens = spmMeta.get("tokenizer.ggml.tokens") as string[];
@@ -285,7 +311,7 @@ describe("agreement with llama.cpp", () => {
       ["tokenizer.ggml.unknown_token_id", gguf.u32(0)],
     ]);
 
-    for (const file of [gpt2File, spmFile]) {
+    for (const file of [...byteLevelFiles, spmFile]) {
       const ours = Tokenizer.fromGgufMetadata((await readGguf(file)).metadata);
       const model = await llama.loadModel({ modelPath: file });
       try {

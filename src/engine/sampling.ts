@@ -83,6 +83,9 @@ export function applyRepetitionPenalty(
   return out;
 }
 
+/** Tokens more than this many nats (after temperature) below the best get weight 0. */
+const ZERO_WEIGHT_EXPONENT = 60;
+
 export function sampleToken(
   logits: Float32Array,
   params: SamplingParams,
@@ -99,59 +102,52 @@ export function sampleToken(
   // Unnormalized probability after temperature; the most likely token has weight 1.
   const weightOf = (score: number) => {
     const x = (score - maxScore) * invTemperature;
-    return x > -60 ? Math.exp(x) : 0;
+    return x > -ZERO_WEIGHT_EXPONENT ? Math.exp(x) : 0;
   };
   const k = params.topK > 0 ? Math.min(params.topK, n) : n;
   const minP = params.minP ?? 0;
 
   if (k < n) {
     const sorted = topIndices(scores, k);
-    const weights = new Float64Array(n);
-    for (const id of sorted) weights[id] = weightOf(scores[id]);
-    const keep = params.topP < 1 ? nucleusLength(sorted, weights, params.topP * sumOf(sorted, weights)) : k;
-    return draw(sorted.subarray(0, keep), weights, minP, rng) ?? best;
+    const weights = Float64Array.from(sorted, (id) => weightOf(scores[id]));
+    const keep = params.topP < 1 ? nucleusLength(weights, params.topP * sum(weights)) : k;
+    return draw(sorted.subarray(0, keep), weights.subarray(0, keep), minP, rng) ?? best;
   }
   const weights = new Float64Array(n);
   for (let id = 0; id < n; id++) weights[id] = weightOf(scores[id]);
-  const candidates = params.topP < 1 ? nucleusOfAll(weights, params.topP) : undefined;
-  return draw(candidates, weights, minP, rng) ?? best;
+  if (params.topP >= 1) return draw(undefined, weights, minP, rng) ?? best;
+  const nucleus = nucleusOfAll(scores, weights, maxScore, invTemperature, params.topP);
+  return draw(nucleus, Float64Array.from(nucleus, (id) => weights[id]), minP, rng) ?? best;
 }
 
-/** Draws among `ids` (all ids when undefined) in proportion to `weights[id]`, skipping those below minP. */
-function draw(
-  ids: ArrayLike<number> | undefined,
-  weights: Float64Array,
-  minP: number,
-  rng: () => number,
-): number | undefined {
-  const count = ids ? ids.length : weights.length;
+/**
+ * Draws one of `ids` (0..weights.length-1 when undefined) in proportion to its weight,
+ * `weights[i]` belonging to `ids[i]`; weights below minP are left out.
+ */
+function draw(ids: ArrayLike<number> | undefined, weights: Float64Array, minP: number, rng: () => number): number | undefined {
   let mass = 0;
-  for (let i = 0; i < count; i++) {
-    const w = weights[ids ? ids[i] : i];
-    if (w >= minP) mass += w;
-  }
+  for (let i = 0; i < weights.length; i++) if (weights[i] >= minP) mass += weights[i];
   let r = rng() * mass;
-  for (let i = 0; i < count; i++) {
-    const id = ids ? ids[i] : i;
-    const w = weights[id];
+  for (let i = 0; i < weights.length; i++) {
+    const w = weights[i];
     if (w < minP || w === 0) continue;
     r -= w;
-    if (r < 0) return id;
+    if (r < 0) return ids ? ids[i] : i;
   }
   return undefined;
 }
 
-function sumOf(ids: ArrayLike<number>, weights: Float64Array): number {
+function sum(values: Float64Array): number {
   let total = 0;
-  for (let i = 0; i < ids.length; i++) total += weights[ids[i]];
+  for (let i = 0; i < values.length; i++) total += values[i];
   return total;
 }
 
-/** How many of the best-first `sorted` ids it takes to reach `target` mass (at least one). */
-function nucleusLength(sorted: ArrayLike<number>, weights: Float64Array, target: number): number {
+/** How many of the best-first `weights` it takes to reach `target` mass (at least one). */
+function nucleusLength(weights: Float64Array, target: number): number {
   let mass = 0;
   let i = 0;
-  while (i < sorted.length && mass < target) mass += weights[sorted[i++]];
+  while (i < weights.length && mass < target) mass += weights[i++];
   return Math.max(1, i);
 }
 
@@ -160,16 +156,24 @@ function nucleusLength(sorted: ArrayLike<number>, weights: Float64Array, target:
  * scale), whole buckets are taken from the top while they fit under the target mass, and only
  * the bucket that crosses it is sorted. Same result as cutting a best-first sorted list.
  */
-function nucleusOfAll(weights: Float64Array, topP: number): number[] {
+function nucleusOfAll(
+  scores: Float32Array,
+  weights: Float64Array,
+  maxScore: number,
+  invTemperature: number,
+  topP: number,
+): number[] {
   const BUCKETS = 1024;
-  const RANGE = 60; // weights below e^-60 are zero (see sampleToken)
-  const bucketOf = (w: number) => Math.min(BUCKETS - 1, Math.floor((-Math.log(w) * BUCKETS) / RANGE));
+  const scale = (invTemperature * BUCKETS) / ZERO_WEIGHT_EXPONENT;
+  const buckets = new Uint16Array(scores.length);
   const bucketMass = new Float64Array(BUCKETS);
   let total = 0;
   for (let id = 0; id < weights.length; id++) {
     const w = weights[id];
     if (w === 0) continue;
-    bucketMass[bucketOf(w)] += w;
+    const b = Math.min(BUCKETS - 1, Math.floor((maxScore - scores[id]) * scale));
+    buckets[id] = b;
+    bucketMass[b] += w;
     total += w;
   }
   const target = topP * total;
@@ -180,9 +184,8 @@ function nucleusOfAll(weights: Float64Array, topP: number): number[] {
   const kept: number[] = [];
   const crossing: number[] = [];
   for (let id = 0; id < weights.length; id++) {
-    const w = weights[id];
-    if (w === 0) continue;
-    const b = bucketOf(w);
+    if (weights[id] === 0) continue;
+    const b = buckets[id];
     if (b < boundary) kept.push(id);
     else if (b === boundary) crossing.push(id);
   }

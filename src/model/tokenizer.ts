@@ -72,6 +72,9 @@ export async function loadTokenizer(checkpoint: {
 export class Tokenizer {
   readonly vocabSize: number;
   readonly bosId?: number;
+  /** The EOS token proper (what addEos appends). */
+  readonly eosId?: number;
+  /** Every id that ends generation: EOS, end-of-turn tokens the chat template uses, generation_config's. */
   readonly eosIds: number[];
   readonly chatTemplate?: string;
   private readonly specialIds: Set<number>;
@@ -86,6 +89,7 @@ export class Tokenizer {
     this.chatTemplate = settings.chatTemplate;
     this.specialIds = new Set([...hf.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
     this.bosId = settings.bosToken === undefined ? undefined : hf.token_to_id(settings.bosToken);
+    this.eosId = settings.eosToken === undefined ? undefined : hf.token_to_id(settings.eosToken);
     const eos = new Set<number>();
     const add = (token: string | undefined) => {
       const id = token === undefined ? undefined : hf.token_to_id(token);
@@ -226,7 +230,7 @@ export class Tokenizer {
     const ids = text === "" ? [] : this.hf.encode(text, { add_special_tokens: false }).ids;
     if (opts.addSpecial ?? true) {
       if (this.settings.addBos && this.bosId !== undefined) ids.unshift(this.bosId);
-      if (this.settings.addEos && this.eosIds.length > 0) ids.push(this.eosIds[0]);
+      if (this.settings.addEos && this.eosId !== undefined) ids.push(this.eosId);
     }
     return ids;
   }

@@ -1,0 +1,51 @@
+// The `tessera` command as a user runs it.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { test } from "node:test";
+import { promisify } from "node:util";
+import { workDir } from "./support/fixtures.js";
+
+const run = promisify(execFile);
+const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
+const tessera = (...args: string[]) => run(process.execPath, [bin, ...args], { env: process.env, timeout: 120_000 });
+
+test("make-test-model then generate: streams text, and --json reports tokens and timings", async () => {
+  const dir = join(workDir, "cli-llama");
+  const made = await tessera("make-test-model", "--preset", "tiny-llama", "--out", dir);
+  assert.match(made.stdout, /wrote tiny-llama/);
+
+  const args = ["generate", "--model", dir, "--prompt", "The quick brown fox", "-n", "12", "--seed", "7", "--temperature", "0.9"];
+  const json = JSON.parse((await tessera(...args, "--json")).stdout);
+  assert.equal(json.tokens.length, 12);
+  assert.equal(json.finishReason, "length");
+  assert.ok(json.timings.decodeTokensPerSecond > 0 && json.timings.prefillTokensPerSecond > 0);
+
+  const streamed = await tessera(...args);
+  assert.equal(streamed.stdout, `${json.text}\n`, "streamed text equals the --json text for the same seed");
+  assert.match(streamed.stderr, /12 generated at [\d.]+ tok\/s/);
+
+  const other = JSON.parse((await tessera(...args.slice(0, -2), "--seed", "8", "--json")).stdout);
+  assert.notDeepEqual(other.tokens, json.tokens, "another seed samples other tokens");
+});
+
+test("stop strings cut the output, and GGUF models generate with --chat and span splits", async () => {
+  const file = join(workDir, "cli-qwen2.gguf");
+  await tessera("make-test-model", "--preset", "tiny-qwen2", "--format", "gguf", "--dtype", "Q8_0", "--out", file);
+  const base = ["generate", "--model", file, "--prompt", "hi", "--chat", "-t", "0", "-n", "24", "--weights", "q8", "--splits", "1,2", "--json"];
+  const full = JSON.parse((await tessera(...base)).stdout);
+  assert.ok(full.text.length > 4, `generated '${full.text}'`);
+  assert.ok(full.promptTokens.length > 4, "the chat template wraps the prompt");
+  const stop = full.text.slice(2, 4);
+  const cut = JSON.parse((await tessera(...base, "--stop", stop)).stdout);
+  assert.equal(cut.finishReason, "stop");
+  assert.equal(cut.text, full.text.slice(0, full.text.indexOf(stop)));
+});
+
+test("a bad model path is a one-line error with a non-zero exit", async () => {
+  await assert.rejects(tessera("generate", "--model", join(workDir, "nope"), "--prompt", "x"), (e: { code: number; stderr: string }) => {
+    assert.equal(e.code, 1);
+    assert.match(e.stderr, /CheckpointError: .*nope: no such file or directory/);
+    return true;
+  });
+});
