@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { LocalPipeline } from "../src/engine/pipeline.js";
+import type { WeightFormat } from "../src/engine/weights.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens } from "./support/fixtures.js";
 
 const ARCHS = ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-gpt2"];
 
-async function logits(path: string, tokens: number[], opts: { splits?: number[]; allLogits?: boolean; format?: "f32" | "q8" | "q4" } = {}) {
+async function logits(path: string, tokens: number[], opts: { splits?: number[]; allLogits?: boolean; format?: WeightFormat } = {}) {
   const pipeline = await LocalPipeline.load(await openCheckpoint(path), { splits: opts.splits, format: opts.format, maxSequence: 256 });
   const session = pipeline.openSession(128);
   try {
@@ -90,13 +91,15 @@ test("F16 and BF16 folders and sharded folders load and agree with F32 within ro
   assert.ok(maxAbsDiff(f32, bf16) < 0.5, `bf16 diff ${maxAbsDiff(f32, bf16)}`);
 });
 
-test("int8 and int4 engine weights stay close to f32 and run GGUF Q8_0/Q4_0 blocks unchanged", async () => {
+test("f16, int8 and int4 engine weights stay close to f32", async () => {
   const tokens = sampleTokens(8, 512, 9);
   const hf = await hfModel("tiny-llama");
   const f32 = await logits(hf, tokens);
+  const f16 = await logits(hf, tokens, { format: "f16" });
   const q8 = await logits(hf, tokens, { format: "q8" });
   const q4 = await logits(hf, tokens, { format: "q4" });
   const spread = Math.max(...f32) - Math.min(...f32);
+  assert.ok(maxAbsDiff(f32, f16) < 0.01 * spread, `f16 diff ${maxAbsDiff(f32, f16)} of spread ${spread}`);
   assert.ok(maxAbsDiff(f32, q8) < 0.05 * spread, `q8 diff ${maxAbsDiff(f32, q8)} of spread ${spread}`);
   assert.ok(maxAbsDiff(f32, q4) < 0.3 * spread, `q4 diff ${maxAbsDiff(f32, q4)} of spread ${spread}`);
   const fromGgufQ8 = await logits(await ggufModel("tiny-llama", "Q8_0"), tokens, { format: "q8" });

@@ -205,24 +205,24 @@ describe("SentencePiece ('llama') GGUF vocabularies", () => {
     assert.equal(spm.decode([first]), "He");
     assert.equal(withContext.push(first), " He");
   });
-});
 
-test("a SentencePiece tokenizer.json in a Hugging Face folder matches the GGUF vocabulary", async () => {
-  const meta = spmMetadata(vocab);
-  const fromMeta = Tokenizer.fromGgufMetadata(meta);
-  const spmDir = join(dir, "spm-hf");
-  await mkdir(spmDir);
-  const json = sentencePieceTokenizerJson({
-    tokens: meta.get("tokenizer.ggml.tokens") as string[],
-    scores: meta.get("tokenizer.ggml.scores") as number[],
-    tokenTypes: meta.get("tokenizer.ggml.token_type") as number[],
-    addSpacePrefix: true,
+  test("a SentencePiece tokenizer.json in a Hugging Face folder matches the GGUF vocabulary", async () => {
+    const meta = spmMetadata(vocab);
+    const fromMeta = Tokenizer.fromGgufMetadata(meta);
+    const spmDir = join(dir, "spm-hf");
+    await mkdir(spmDir);
+    const json = sentencePieceTokenizerJson({
+      tokens: meta.get("tokenizer.ggml.tokens") as string[],
+      scores: meta.get("tokenizer.ggml.scores") as number[],
+      tokenTypes: meta.get("tokenizer.ggml.token_type") as number[],
+      addSpacePrefix: true,
+    });
+    await writeFile(join(spmDir, "tokenizer.json"), JSON.stringify(json));
+    await writeFile(join(spmDir, "tokenizer_config.json"), JSON.stringify({ bos_token: "<s>", eos_token: "</s>", add_bos_token: true }));
+    const fromDir = await Tokenizer.fromHfDir(spmDir);
+    for (const text of TEXTS) assert.deepEqual(fromDir.encode(text), fromMeta.encode(text), JSON.stringify(text));
+    assert.equal(fromDir.vocabSize, fromMeta.vocabSize);
   });
-  await writeFile(join(spmDir, "tokenizer.json"), JSON.stringify(json));
-  await writeFile(join(spmDir, "tokenizer_config.json"), JSON.stringify({ bos_token: "<s>", eos_token: "</s>", add_bos_token: true }));
-  const fromDir = await Tokenizer.fromHfDir(spmDir);
-  for (const text of TEXTS) assert.deepEqual(fromDir.encode(text), fromMeta.encode(text), JSON.stringify(text));
-  assert.equal(fromDir.vocabSize, fromMeta.vocabSize);
 });
 
 /**

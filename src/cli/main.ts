@@ -30,7 +30,7 @@ program
   .option("--seed <n>", "random seed", intArg, 42)
   .option("--stop <text>", "stop string (repeatable)", collect, [])
   .option("--ignore-eos", "keep generating past the end-of-sequence token")
-  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "q8", "q4"]).default("f32"))
+  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "f16", "q8", "q4"]).default("f32"))
   .option("--splits <blocks>", "run as a chain of spans split at these blocks, e.g. 2,4")
   .option("--threads <n>", "compute threads (default: all cores)", intArg)
   .option("--json", "print one JSON object with tokens, text and timings instead of streaming")

@@ -5,12 +5,17 @@ import { f32ArrayToF16, quantizeToMatMulNBits, toMatMulNBits } from "../model/qu
 import { bytesOf, ElemType, type GraphBuilder, MS_DOMAIN } from "./onnx-builder.js";
 import { transpose } from "../model/transpose.js";
 
-export type WeightFormat = "f32" | "q8" | "q4";
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ["f32", "q8", "q4"];
+/**
+ * f32: MatMul on f32 weights. f16: weights stored in f16, activations cast to f16 around each
+ * MatMul (as llama.cpp does for F16 files): half the memory, measured no slower on ORT's CPU
+ * provider. q8/q4: MatMulNBits, 32-element blocks, int8 activations.
+ */
+export type WeightFormat = "f32" | "f16" | "q8" | "q4";
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ["f32", "f16", "q8", "q4"];
 
 const BLOCK = 32;
-const BITS: Record<Exclude<WeightFormat, "f32">, 4 | 8> = { q8: 8, q4: 4 };
-const NATIVE_BLOCKS: Record<Exclude<WeightFormat, "f32">, string> = { q8: "Q8_0", q4: "Q4_0" };
+const BITS = { q8: 8, q4: 4 } as const;
+const NATIVE_BLOCKS = { q8: "Q8_0", q4: "Q4_0" } as const;
 
 export class WeightLoader {
   constructor(
@@ -45,20 +50,23 @@ export class WeightLoader {
     const infos = names.map((n) => this.checkpoint.info(n));
     const K = infos[0]!.shape[1]!;
     const N = sum(infos.map((i) => i.shape[0]!));
-    if (this.format === "f32" || K % BLOCK !== 0) {
-      const w = concat(await Promise.all(names.map((n) => this.readF32(n))));
-      const wT = this.g.f32(initializerName, [K, N], transpose(w, N, K));
-      return this.g.op("MatMul", [x, wT]);
+    const format = this.format;
+    if (format === "f32" || format === "f16" || K % BLOCK !== 0) {
+      const wT = transpose(concat(await Promise.all(names.map((n) => this.readF32(n)))), N, K);
+      if (format !== "f16") return this.g.op("MatMul", [x, this.g.f32(initializerName, [K, N], wT)]);
+      const w16 = this.g.initializer(initializerName, ElemType.FLOAT16, [K, N], bytesOf(f32ArrayToF16(wT)));
+      const x16 = this.g.op("Cast", [x], { to: ElemType.FLOAT16 });
+      return this.g.op("Cast", [this.g.op("MatMul", [x16, w16])], { to: ElemType.FLOAT });
     }
-    const bits = BITS[this.format];
-    const native = infos.every((i) => i.dtype === NATIVE_BLOCKS[this.format as "q8" | "q4"]);
+    const bits = BITS[format];
+    const native = infos.every((i) => i.dtype === NATIVE_BLOCKS[format]);
     const parts = await Promise.all(
       names.map(async (n, i) => {
         const rows = infos[i]!.shape[0]!;
         if (native) {
           this.onTensorRead(n);
           const raw = await this.checkpoint.readRaw(n);
-          return toMatMulNBits(NATIVE_BLOCKS[this.format as "q8" | "q4"] as "Q8_0" | "Q4_0", raw.bytes, rows, K);
+          return toMatMulNBits(NATIVE_BLOCKS[format], raw.bytes, rows, K);
         }
         return quantizeToMatMulNBits(await this.readF32(n), rows, K, bits);
       }),

@@ -301,6 +301,11 @@ export class StreamDecoder {
     if (text.length === 0 || text.endsWith("\uFFFD")) return "";
     this.prefixOffset = this.readOffset;
     this.readOffset = this.ids.length;
+    if (this.prefixOffset > 64) {
+      this.ids.splice(0, this.prefixOffset);
+      this.readOffset -= this.prefixOffset;
+      this.prefixOffset = 0;
+    }
     return text;
   }
 
