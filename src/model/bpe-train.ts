@@ -198,34 +198,25 @@ function addSyntheticMerges(
 
 /** A complete Hugging Face tokenizer.json for the vocabulary (specials as special added tokens). */
 export function tokenizerJsonFromBpe(v: BpeVocab): Record<string, unknown> {
-  const special = new Set(v.specialTokens.map((s) => s.id));
-  return byteLevelTokenizerJson({
-    tokens: v.tokens,
-    merges: v.merges.map(([a, b]) => `${a} ${b}`),
-    tokenTypes: v.tokens.map((_, id) => (special.has(id) ? TOKEN_TYPE_CONTROL : TOKEN_TYPE_NORMAL)),
-  });
+  return byteLevelTokenizerJson({ tokens: v.tokens, merges: v.merges.map(([a, b]) => `${a} ${b}`), tokenTypes: tokenTypes(v) });
 }
 
-const TOKEN_TYPE_NORMAL = 1;
-const TOKEN_TYPE_CONTROL = 3;
+/** GGUF token types: 1 normal, 3 control (the specials). */
+function tokenTypes(v: BpeVocab): number[] {
+  const special = new Set(v.specialTokens.map((s) => s.id));
+  return v.tokens.map((_, id) => (special.has(id) ? 3 : 1));
+}
 
 /** GGUF `tokenizer.ggml.*` metadata for the vocabulary, as llama.cpp's "gpt2" tokenizer reads it. */
 export function ggufTokenizerMetadata(
   v: BpeVocab,
   ids: { bosId: number; eosId: number; addBos?: boolean },
 ): Array<[string, GgufTyped]> {
-  const special = new Set(v.specialTokens.map((s) => s.id));
   return [
     ["tokenizer.ggml.model", gguf.str("gpt2")],
     ["tokenizer.ggml.pre", gguf.str("gpt-2")],
     ["tokenizer.ggml.tokens", gguf.arr("str", v.tokens)],
-    [
-      "tokenizer.ggml.token_type",
-      gguf.arr(
-        "i32",
-        v.tokens.map((_, id) => (special.has(id) ? TOKEN_TYPE_CONTROL : TOKEN_TYPE_NORMAL)),
-      ),
-    ],
+    ["tokenizer.ggml.token_type", gguf.arr("i32", tokenTypes(v))],
     ["tokenizer.ggml.merges", gguf.arr("str", v.merges.map(([a, b]) => `${a} ${b}`))],
     ["tokenizer.ggml.bos_token_id", gguf.u32(ids.bosId)],
     ["tokenizer.ggml.eos_token_id", gguf.u32(ids.eosId)],
