@@ -42,7 +42,7 @@ export async function generate(
   const now = opts.now ?? (() => performance.now());
   const rng = createRng(opts.seed);
   const eos = new Set(opts.stopAtEos === false ? [] : tokenizer.eosIds);
-  const decoder = new StreamDecoder(tokenizer);
+  const decoder = new StreamDecoder(tokenizer, { skipSpecial: true, context: promptTokens });
   const stops = new StopMatcher(opts.stop ?? []);
   const maxTokens = Math.min(opts.maxTokens, session.maxLength - session.length - promptTokens.length);
   if (maxTokens < 0) {

@@ -76,7 +76,7 @@ export class WeightLoader {
       `${initializerName}.q`,
       ElemType.UINT8,
       [N, K / BLOCK, blobSize],
-      concatBytes(parts.map((p) => p.weight)),
+      concat(parts.map((p) => p.weight)),
     );
     const scales = this.g.f32(`${initializerName}.scales`, [(N * K) / BLOCK], concat(parts.map((p) => p.scales)));
     return this.g.op(
@@ -105,9 +105,10 @@ function sum(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0);
 }
 
-function concat(parts: Float32Array[]): Float32Array {
+/** Concatenates typed arrays of one kind into one. */
+function concat<T extends Float32Array | Uint8Array>(parts: T[]): T {
   if (parts.length === 1) return parts[0]!;
-  const out = new Float32Array(sum(parts.map((p) => p.length)));
+  const out = new (parts[0]!.constructor as new (n: number) => T)(sum(parts.map((p) => p.length)));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);
@@ -115,15 +116,3 @@ function concat(parts: Float32Array[]): Float32Array {
   }
   return out;
 }
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(sum(parts.map((p) => p.byteLength)));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
-}
-

@@ -356,7 +356,7 @@ export async function writeGgufTestModel(file: string, spec: TestModelSpec, opts
     );
   }
   metadata.push(
-    ...ggufTokenizerMetadata(vocab, { bosId: c.bosTokenId!, eosId: c.eosTokenIds[0]! }),
+    ...ggufTokenizerMetadata(vocab, { bosId: c.bosTokenId!, eosId: c.eosTokenIds[0]!, addBos: spec.architecture !== "gpt2" }),
     ["tokenizer.chat_template", gguf.str(CHAT_TEMPLATE)],
   );
   await writeGguf(file, metadata, tensors);
