@@ -1,6 +1,8 @@
 // The `tessera` command line.
 import { Command, Option } from "commander";
 import { floatArg, intArg } from "./args.js";
+import { convertCommand } from "./convert.js";
+import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
 import { makeTestModelCommand } from "./make-test-model.js";
@@ -48,6 +50,26 @@ program
   .option("--seed <n>", "weight seed", intArg, 0)
   .option("--shard-mb <mb>", "hf: split into shards of at most this many MB", intArg)
   .action(makeTestModelCommand);
+
+program
+  .command("eval")
+  .description("perplexity and next-token top-1 accuracy of a model on a text file")
+  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
+  .requiredOption("-d, --data <file>", "UTF-8 text to score")
+  .option("--window <n>", "tokens per independent window", intArg, 256)
+  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "f16", "q8", "q4"]).default("f32"))
+  .option("--splits <blocks>", "run as a chain of spans split at these blocks, e.g. 2,4")
+  .option("--threads <n>", "compute threads (default: all cores)", intArg)
+  .option("--json", "print the result as JSON")
+  .action(evalCommand);
+
+program
+  .command("convert")
+  .description("convert a Hugging Face folder to a GGUF file")
+  .requiredOption("-m, --model <path>", "Hugging Face folder")
+  .requiredOption("-o, --out <file>", "output .gguf file")
+  .addOption(new Option("--dtype <dtype>", "stored weight type").choices(["F32", "F16", "Q8_0", "Q4_0"]).default("F16"))
+  .action(convertCommand);
 
 program
   .command("inspect")

@@ -2,12 +2,12 @@
 // the same weights in both, for tests and benchmarks. Weights derive from (seed, tensor name),
 // so each writer generates them on demand without holding a whole model.
 import { mkdir, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import { llama3FreqFactors } from "../engine/rope.js";
+import { join } from "node:path";
 import { ggufTokenizerMetadata, tokenizerJsonFromBpe, trainByteLevelBpe, type BpeVocab } from "./bpe-train.js";
 import { expectedShapes } from "./config.js";
-import { gguf, type GgufTyped, writeGguf } from "./gguf.js";
-import { f32ArrayToBf16, f32ArrayToF16, quantizeQ4_0, quantizeQ8_0 } from "./quant.js";
+import { gguf } from "./gguf.js";
+import { exportGguf, type GgufExportType } from "./gguf-export.js";
+import { f32ArrayToBf16, f32ArrayToF16 } from "./quant.js";
 import { writeSafetensorsSharded } from "./safetensors.js";
 import type { DType, ModelConfig, RopeScaling } from "./types.js";
 import { transpose } from "./transpose.js";
@@ -301,89 +301,23 @@ function splitLast(s: string): [string, string] {
 // ---------------------------------------------------------------- GGUF file
 
 export interface GgufWriteOptions {
-  dtype?: "F32" | "F16" | "Q8_0" | "Q4_0";
+  dtype?: GgufExportType;
 }
-
-const FILE_TYPE: Record<NonNullable<GgufWriteOptions["dtype"]>, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 7 };
 
 export async function writeGgufTestModel(file: string, spec: TestModelSpec, opts: GgufWriteOptions = {}): Promise<void> {
-  await mkdir(dirname(file), { recursive: true });
-  const dtype = opts.dtype ?? "F32";
   const c = fixtureConfig(spec);
   const vocab = fixtureVocab(spec);
-  // llama.cpp's converter stores Llama/Mistral q/k with adjacent rotary pairs; Qwen2 keeps HF's.
-  const permuteQK = spec.architecture === "llama" || spec.architecture === "mistral";
-  const arch = spec.architecture === "mistral" ? "llama" : spec.architecture;
-
-  const tensors = [...fixtureShapes(spec)].map(([name, shape]) => {
-    const tensorType = storedType(name, shape, dtype);
-    return {
-      name,
-      dtype: tensorType,
-      shape,
-      bytes: () => {
-        let values = fixtureTensor(spec, name, shape);
-        if (permuteQK && /attn_q\./.test(name)) values = toAdjacentPairs(values, c.numHeads, c.headDim);
-        if (permuteQK && /attn_k\./.test(name)) values = toAdjacentPairs(values, c.numKvHeads, c.headDim);
-        return encodeFloat(values, tensorType);
-      },
-    };
+  await exportGguf(file, {
+    config: c,
+    architecture: spec.architecture === "mistral" ? "llama" : spec.architecture,
+    name: `tessera-fixture-${spec.architecture}`,
+    dtype: opts.dtype ?? "F32",
+    read: (name) => fixtureTensor(spec, name, expectedShapes(c).get(name)!),
+    extraMetadata: [
+      ...ggufTokenizerMetadata(vocab, { bosId: c.bosTokenId!, eosId: c.eosTokenIds[0]!, addBos: spec.architecture !== "gpt2" }),
+      ["tokenizer.chat_template", gguf.str(CHAT_TEMPLATE)],
+    ],
   });
-  if (c.ropeScaling) {
-    const factors = llama3FreqFactors(c);
-    tensors.push({ name: "rope_freqs.weight", dtype: "F32", shape: [factors.length], bytes: () => encodeFloat(factors, "F32") });
-  }
-
-  const metadata: Array<[string, GgufTyped]> = [
-    ["general.architecture", gguf.str(arch)],
-    ["general.name", gguf.str(`tessera-fixture-${spec.architecture}`)],
-    ["general.file_type", gguf.u32(FILE_TYPE[dtype])],
-    [`${arch}.context_length`, gguf.u32(c.maxPositionEmbeddings)],
-    [`${arch}.embedding_length`, gguf.u32(c.hiddenSize)],
-    [`${arch}.block_count`, gguf.u32(c.numLayers)],
-    [`${arch}.feed_forward_length`, gguf.u32(c.intermediateSize)],
-    [`${arch}.attention.head_count`, gguf.u32(c.numHeads)],
-  ];
-  if (arch === "gpt2") {
-    metadata.push([`${arch}.attention.layer_norm_epsilon`, gguf.f32(c.normEps)]);
-  } else {
-    metadata.push(
-      [`${arch}.attention.head_count_kv`, gguf.u32(c.numKvHeads)],
-      [`${arch}.attention.layer_norm_rms_epsilon`, gguf.f32(c.normEps)],
-      [`${arch}.rope.freq_base`, gguf.f32(c.ropeTheta)],
-      [`${arch}.rope.dimension_count`, gguf.u32(c.headDim)],
-      [`${arch}.vocab_size`, gguf.u32(c.vocabSize)],
-    );
-  }
-  metadata.push(
-    ...ggufTokenizerMetadata(vocab, { bosId: c.bosTokenId!, eosId: c.eosTokenIds[0]!, addBos: spec.architecture !== "gpt2" }),
-    ["tokenizer.chat_template", gguf.str(CHAT_TEMPLATE)],
-  );
-  await writeGguf(file, metadata, tensors);
-}
-
-/** 1-D tensors and blocks that don't fit stay F32, as llama.cpp's quantizer leaves them. */
-function storedType(name: string, shape: number[], dtype: DType): DType {
-  if (shape.length < 2 || name.startsWith("position_embd")) return "F32";
-  if ((dtype === "Q8_0" || dtype === "Q4_0") && shape[shape.length - 1]! % 32 !== 0) return "F16";
-  return dtype;
-}
-
-/** HF rotate-half rows → GGUF adjacent-pair rows, per head: new[2j + t] = old[t·d/2 + j]. */
-function toAdjacentPairs(w: Float32Array, heads: number, headDim: number): Float32Array {
-  const cols = w.length / (heads * headDim);
-  const out = new Float32Array(w.length);
-  const half = headDim / 2;
-  for (let h = 0; h < heads; h++) {
-    for (let j = 0; j < half; j++) {
-      for (let t = 0; t < 2; t++) {
-        const src = (h * headDim + t * half + j) * cols;
-        const dst = (h * headDim + 2 * j + t) * cols;
-        out.set(w.subarray(src, src + cols), dst);
-      }
-    }
-  }
-  return out;
 }
 
 function encodeFloat(values: Float32Array, dtype: DType): Uint8Array {
@@ -394,10 +328,6 @@ function encodeFloat(values: Float32Array, dtype: DType): Uint8Array {
       return bytes16(f32ArrayToF16(values));
     case "BF16":
       return bytes16(f32ArrayToBf16(values));
-    case "Q8_0":
-      return quantizeQ8_0(values);
-    case "Q4_0":
-      return quantizeQ4_0(values);
     default:
       throw new Error(`fixtures cannot write ${dtype}`);
   }

@@ -498,7 +498,7 @@ export interface GgufTensorInput {
   /** Row-major (outermost first). */
   shape: number[];
   /** The stored bytes, or a function producing them when the tensor's turn comes. */
-  bytes: Uint8Array | (() => Uint8Array);
+  bytes: Uint8Array | (() => Uint8Array | Promise<Uint8Array>);
 }
 
 /**
@@ -541,7 +541,7 @@ export async function writeGguf(
     await writeFully(handle, header.finish());
     const padding = new Uint8Array(alignment);
     for (const { tensor, byteLength } of layout) {
-      const bytes = typeof tensor.bytes === "function" ? tensor.bytes() : tensor.bytes;
+      const bytes = typeof tensor.bytes === "function" ? await tensor.bytes() : tensor.bytes;
       if (bytes.length !== byteLength) {
         throw new CheckpointError(
           `${tensor.dtype} [${tensor.shape}] needs ${byteLength} bytes, got ${bytes.length}`,
