@@ -4,7 +4,7 @@
 
 DATA_DIR comes from prepare.ts (train.u16, eval.u16, tokenizer.json). OUT_DIR receives a Hugging
 Face folder: config.json, model.safetensors (f16), tokenizer.json, tokenizer_config.json.
-The learning-rate schedule is planned from the measured step time so the run fits --minutes.
+The learning-rate schedule follows wall-clock time, so the run fits --minutes on a busy machine too.
 """
 import argparse
 import json
@@ -203,7 +203,6 @@ def main():
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
 
-    # Time a few steps, then plan the schedule to fill the budget.
     def step(lr):
         for g in opt.param_groups:
             g["lr"] = lr
@@ -215,23 +214,25 @@ def main():
         opt.step()
         return loss.item()
 
-    warmup = 50
-    t0 = time.time()
-    for i in range(5):
-        step(args.lr * (i + 1) / warmup)
-    per_step = (time.time() - t0) / 5
-    total_steps = max(warmup + 10, int(args.minutes * 60 / per_step))
-    print(f"{per_step:.2f} s/step -> {total_steps} steps ({total_steps * BATCH * SEQ_LEN / len(train):.2f} epochs)", flush=True)
+    # The schedule runs on wall-clock time, so the run fills --minutes however busy the machine is:
+    # linear warm-up over the first 3%, then cosine decay to 10% of the peak rate.
+    budget = args.minutes * 60
     start = time.time()
-    for i in range(5, total_steps):
-        if i < warmup:
-            lr = args.lr * (i + 1) / warmup
+    steps = 0
+    while True:
+        progress = (time.time() - start) / budget
+        if progress >= 1:
+            break
+        if progress < 0.03:
+            lr = args.lr * max(progress / 0.03, 0.02)
         else:
-            progress = (i - warmup) / (total_steps - warmup)
-            lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+            lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - 0.03) / 0.97)))
         loss = step(lr)
-        if i % 50 == 0 or i == total_steps - 1:
-            print(f"step {i}/{total_steps} loss {loss:.3f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
+        steps += 1
+        if steps % 50 == 0:
+            seen = steps * BATCH * SEQ_LEN
+            print(f"step {steps} loss {loss:.3f} lr {lr:.2e} {time.time() - start:.0f}s epochs {seen / len(train):.2f}", flush=True)
+    total_steps = steps
 
     ppl, acc = evaluate(model, held_out)
     print(f"held-out perplexity {ppl:.2f}, top-1 accuracy {acc:.3f}", flush=True)
