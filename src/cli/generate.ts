@@ -1,13 +1,7 @@
 import { generate } from "../engine/generate.js";
-import { LocalPipeline } from "../engine/pipeline.js";
-import type { WeightFormat } from "../engine/weights.js";
-import { openCheckpoint } from "../model/checkpoint.js";
-import { loadTokenizer } from "../model/tokenizer.js";
-import { intListArg } from "./args.js";
-import { withProgress } from "./progress.js";
+import { type EngineFlags, loadLocalModel } from "./engine-options.js";
 
-interface GenerateFlags {
-  model: string;
+interface GenerateFlags extends EngineFlags {
   prompt: string;
   chat?: boolean;
   system?: string;
@@ -20,23 +14,11 @@ interface GenerateFlags {
   seed: number;
   stop: string[];
   ignoreEos?: boolean;
-  weights: WeightFormat;
-  splits?: string;
-  threads?: number;
   json?: boolean;
 }
 
 export async function generateCommand(flags: GenerateFlags): Promise<void> {
-  const checkpoint = await openCheckpoint(flags.model);
-  const tokenizer = await loadTokenizer(checkpoint);
-  const pipeline = await withProgress(`loading ${checkpoint.config.numLayers} blocks`, !flags.json, (onProgress) =>
-    LocalPipeline.load(checkpoint, {
-      format: flags.weights,
-      splits: flags.splits ? intListArg(flags.splits) : undefined,
-      threads: flags.threads,
-      onProgress,
-    }),
-  );
+  const { tokenizer, pipeline } = await loadLocalModel(flags, { showProgress: !flags.json });
   const text = flags.chat
     ? tokenizer.applyChatTemplate(
         [...(flags.system ? [{ role: "system", content: flags.system }] : []), { role: "user", content: flags.prompt }],

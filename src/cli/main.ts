@@ -1,7 +1,9 @@
 // The `tessera` command line.
 import { Command, Option } from "commander";
+import { SHIPPED_MODEL } from "../model/shipped.js";
 import { floatArg, intArg } from "./args.js";
 import { convertCommand } from "./convert.js";
+import { addEngineOptions } from "./engine-options.js";
 import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
@@ -16,10 +18,9 @@ const program = new Command()
   .description("Private, verifiable LLM inference on a swarm of heterogeneous machines")
   .showHelpAfterError();
 
-program
-  .command("generate")
-  .description("generate text with a model on this machine; tokens stream to stdout")
-  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
+addEngineOptions(
+  program.command("generate").description("generate text with a model on this machine; tokens stream to stdout"),
+)
   .requiredOption("-p, --prompt <text>", "prompt text (the user message with --chat)")
   .option("--chat", "wrap the prompt in the model's chat template")
   .option("--system <text>", "system message (with --chat)")
@@ -32,9 +33,6 @@ program
   .option("--seed <n>", "random seed", intArg, 42)
   .option("--stop <text>", "stop string (repeatable)", collect, [])
   .option("--ignore-eos", "keep generating past the end-of-sequence token")
-  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "f16", "q8", "q4"]).default("f32"))
-  .option("--splits <blocks>", "run as a chain of spans split at these blocks, e.g. 2,4")
-  .option("--threads <n>", "compute threads (default: all cores)", intArg)
   .option("--json", "print one JSON object with tokens, text and timings instead of streaming")
   .action(generateCommand);
 
@@ -51,15 +49,9 @@ program
   .option("--shard-mb <mb>", "hf: split into shards of at most this many MB", intArg)
   .action(makeTestModelCommand);
 
-program
-  .command("eval")
-  .description("perplexity and next-token top-1 accuracy of a model on a text file")
-  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
-  .requiredOption("-d, --data <file>", "UTF-8 text to score")
+addEngineOptions(program.command("eval").description("perplexity and next-token top-1 accuracy of a model on a text file"))
+  .option("-d, --data <file>", "UTF-8 text to score (default: the shipped model's held-out text)", SHIPPED_MODEL.evalText)
   .option("--window <n>", "tokens per independent window", intArg, 256)
-  .addOption(new Option("--weights <format>", "engine weight format").choices(["f32", "f16", "q8", "q4"]).default("f32"))
-  .option("--splits <blocks>", "run as a chain of spans split at these blocks, e.g. 2,4")
-  .option("--threads <n>", "compute threads (default: all cores)", intArg)
   .option("--json", "print the result as JSON")
   .action(evalCommand);
 
