@@ -80,6 +80,26 @@ test("rolling a session back and re-feeding reproduces the logits", async () => 
   }
 });
 
+test("the KV cache grows with the session without changing results", async () => {
+  const pipeline = await LocalPipeline.load(await openCheckpoint(await hfModel("tiny-qwen2")), { maxSequence: 256 });
+  try {
+    const tokens = sampleTokens(150, 512, 13);
+    const oneShot = await pipeline.openSession(200).append(tokens, { allLogits: true });
+    const growing = pipeline.openSession(200);
+    await growing.append(tokens.slice(0, 60));
+    for (let i = 60; i < 150; i++) {
+      const step = await growing.append([tokens[i]!]);
+      const diff = maxAbsDiff(step, oneShot.subarray(i * 512, (i + 1) * 512));
+      assert.ok(diff < 1e-4, `position ${i}: diff ${diff}`);
+    }
+    growing.truncate(100);
+    const again = await growing.append(tokens.slice(100, 101));
+    assert.ok(maxAbsDiff(again, oneShot.subarray(100 * 512, 101 * 512)) < 1e-4, "rollback after growth");
+  } finally {
+    await pipeline.release();
+  }
+});
+
 test("F16 and BF16 folders and sharded folders load and agree with F32 within rounding", async () => {
   const tokens = sampleTokens(6, 512, 5);
   const f32 = await logits(await hfModel("tiny-llama"), tokens);

@@ -1,11 +1,16 @@
-// Runs a span model on ONNX Runtime with per-session KV caches. Each session owns fixed
-// [1, kvHeads, maxLength, headDim] buffers per layer that GroupQueryAttention updates in place
-// (the same buffer is bound as past input and present output), so a step copies no cache.
+// Runs a span model on ONNX Runtime with per-session KV caches. Each session owns
+// [1, kvHeads, capacity, headDim] buffers per layer, bound as both past input and present output
+// of GroupQueryAttention, which appends to them in place. The Node binding still copies every
+// fetched output once per run, so a step costs O(capacity): capacity therefore grows with the
+// session (doubling, up to its max length) instead of being reserved up front.
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
 import { IO, type SpanSpec } from "./span-graph.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
+
+/** Smallest KV allocation, in positions. */
+const MIN_CAPACITY = 64;
 
 export class SessionError extends Error {
   override name = "SessionError";
@@ -76,22 +81,35 @@ export class SpanRunner {
 
 export class KvSession {
   private caches: { key: ort.Tensor; value: ort.Tensor }[] = [];
+  private capacity = 0;
   private _length = 0;
   private closed = false;
 
   constructor(
     private readonly runner: SpanRunner,
     readonly maxLength: number,
-  ) {
-    const c = runner.config;
-    const dims = [1, c.numKvHeads, maxLength, c.headDim];
-    const size = c.numKvHeads * maxLength * c.headDim;
-    for (let i = runner.span.start; i < runner.span.end; i++) {
-      this.caches.push({
-        key: new ort.Tensor("float32", new Float32Array(size), dims),
-        value: new ort.Tensor("float32", new Float32Array(size), dims),
-      });
-    }
+  ) {}
+
+  /** Makes room for `tokens` positions, keeping the cached ones. */
+  private reserve(tokens: number): void {
+    if (tokens <= this.capacity) return;
+    const capacity = Math.min(this.maxLength, Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(tokens))));
+    const c = this.runner.config;
+    const dims = [1, c.numKvHeads, capacity, c.headDim];
+    const grow = (old: ort.Tensor | undefined) => {
+      const data = new Float32Array(c.numKvHeads * capacity * c.headDim);
+      if (old && this._length > 0) {
+        const from = old.data as Float32Array;
+        const rowsOld = this.capacity * c.headDim;
+        for (let h = 0; h < c.numKvHeads; h++) {
+          data.set(from.subarray(h * rowsOld, h * rowsOld + this._length * c.headDim), h * capacity * c.headDim);
+        }
+      }
+      return new ort.Tensor("float32", data, dims);
+    };
+    const layers = this.runner.span.end - this.runner.span.start;
+    this.caches = Array.from({ length: layers }, (_, j) => ({ key: grow(this.caches[j]?.key), value: grow(this.caches[j]?.value) }));
+    this.capacity = capacity;
   }
 
   /** Tokens held in the cache. */
@@ -125,6 +143,7 @@ export class KvSession {
       throw new SessionError(`session full: ${this._length} + ${count} tokens exceed its length ${this.maxLength}`);
     }
 
+    this.reserve(total);
     const feeds: Record<string, ort.Tensor> = {
       [IO.seqlensK]: new ort.Tensor("int32", Int32Array.of(total - 1), [1]),
       [IO.totalLength]: new ort.Tensor("int32", Int32Array.of(total), []),
