@@ -1,0 +1,173 @@
+// A client's inference session over a route of nodes: it chains their spans, keeps every input
+// it sent to each span (the history), and when a span fails it bans the peer, re-routes only
+// that span's blocks, replays the history to rebuild the replacement's KV cache, and goes on.
+// Transport-agnostic: nodes are reached through a SpanProvider (libp2p, or in-process in tests).
+import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
+import type { LogitsSession } from "../engine/pipeline.js";
+import { BanList } from "./bans.js";
+import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
+import { minLatencyRoute } from "./routing.js";
+
+/** One open session on a node's sub-span; inputs and outputs as in the engine's KvSession. */
+export interface RemoteSpan {
+  forward(input: ForwardInput, opts: { allLogits?: boolean }): Promise<ForwardOutput>;
+  truncate(position: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface SpanProvider {
+  /** Current records of the swarm (from the DHT). */
+  records(): Promise<SpanRecord[]>;
+  /** Opens a session on `hop`, whose first block takes token ids when hop.start is 0. */
+  open(hop: Hop, maxLength: number): Promise<RemoteSpan>;
+  rtts(): ReadonlyMap<string, number>;
+}
+
+export interface RouteSessionOptions {
+  numBlocks: number;
+  maxLength: number;
+  /** Failovers allowed per step before giving up. */
+  maxRetries?: number;
+  now?: () => number;
+  /** Called on every failover, for logs and dashboards. */
+  onFailover?: (event: { peerId: string; blocks: [number, number]; error: Error; replacement: Hop[] }) => void;
+}
+
+interface Step {
+  input: ForwardInput;
+  tokens: number;
+}
+
+interface LiveHop {
+  hop: Hop;
+  span: RemoteSpan;
+  /** Every input this hop received, in order (token ids or hidden rows), with its token count. */
+  history: Step[];
+}
+
+export class RouteSession implements LogitsSession {
+  private hops: LiveHop[] = [];
+  private position = 0;
+  private readonly bans = new BanList();
+
+  private constructor(
+    private readonly provider: SpanProvider,
+    private readonly opts: RouteSessionOptions,
+  ) {}
+
+  static async open(provider: SpanProvider, opts: RouteSessionOptions): Promise<RouteSession> {
+    const session = new RouteSession(provider, opts);
+    session.hops = await session.connect(0, opts.numBlocks);
+    return session;
+  }
+
+  get length(): number {
+    return this.position;
+  }
+
+  get maxLength(): number {
+    return this.opts.maxLength;
+  }
+
+  /** The current route, for display. */
+  get route(): Hop[] {
+    return this.hops.map((h) => ({ ...h.hop }));
+  }
+
+  async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
+    let input: ForwardInput = { tokens: [...tokens] };
+    for (let i = 0; i < this.hops.length; i++) {
+      const output = await this.forwardWithFailover(i, { input, tokens: tokens.length }, opts);
+      if (i === this.hops.length - 1) {
+        this.position += tokens.length;
+        return output.logits!;
+      }
+      input = { hidden: output.hidden! };
+    }
+    throw new Error("empty route");
+  }
+
+  truncate(position: number): void {
+    if (!(position >= 0 && position <= this.position)) throw new RangeError(`cannot roll back to ${position} from ${this.position}`);
+    for (const h of this.hops) {
+      h.history = truncateHistory(h.history, position);
+      void h.span.truncate(position).catch(() => {}); // a dead node is replaced, from the history, on the next step
+    }
+    this.position = position;
+  }
+
+  close(): void {
+    for (const h of this.hops) void h.span.close().catch(() => {});
+    this.hops = [];
+  }
+
+  private async forwardWithFailover(index: number, step: Step, opts: { allLogits?: boolean }): Promise<ForwardOutput> {
+    const maxRetries = this.opts.maxRetries ?? 8;
+    for (let attempt = 0; ; attempt++) {
+      const live = this.hops[index]!;
+      try {
+        const output = await live.span.forward(step.input, opts);
+        live.history.push(step);
+        return output;
+      } catch (error) {
+        if (attempt >= maxRetries) throw error;
+        await this.replace(index, error as Error);
+      }
+    }
+  }
+
+  /** Bans the failed hop's peer and splices in a new route for its blocks, rebuilt from history. */
+  private async replace(index: number, error: Error): Promise<void> {
+    const failed = this.hops[index]!;
+    const now = this.opts.now?.() ?? Date.now();
+    this.bans.ban(failed.hop.peerId, now);
+    void failed.span.close().catch(() => {});
+    const replacement = await this.connect(failed.hop.start, failed.hop.end);
+    // Replay: the first new hop gets the whole history; each later one gets its predecessor's outputs.
+    if (failed.history.length) {
+      let replay = concatSteps(failed.history);
+      for (const [j, live] of replacement.entries()) {
+        const out = await live.span.forward(replay.input, {});
+        live.history = [replay];
+        if (j < replacement.length - 1) replay = { input: { hidden: out.hidden! }, tokens: replay.tokens };
+      }
+    }
+    this.hops.splice(index, 1, ...replacement);
+    this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
+  }
+
+  private async connect(start: number, end: number): Promise<LiveHop[]> {
+    const now = this.opts.now?.() ?? Date.now();
+    const records = await this.provider.records();
+    let route: Hop[];
+    try {
+      route = minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), excluded: this.bans.banned(now) });
+    } catch (e) {
+      if (!(e instanceof MissingBlocksError)) throw e;
+      // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
+      route = minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts() });
+    }
+    return Promise.all(route.map(async (hop) => ({ hop, span: await this.provider.open(hop, this.opts.maxLength), history: [] })));
+  }
+}
+
+function concatSteps(steps: Step[]): Step {
+  const tokens = steps.reduce((n, s) => n + s.tokens, 0);
+  if (steps[0]!.input.tokens) return { input: { tokens: steps.flatMap((s) => Array.from(s.input.tokens!)) }, tokens };
+  const hidden = new Float32Array(steps.reduce((n, s) => n + s.input.hidden!.length, 0));
+  let at = 0;
+  for (const s of steps) {
+    hidden.set(s.input.hidden!, at);
+    at += s.input.hidden!.length;
+  }
+  return { input: { hidden }, tokens };
+}
+
+/** Keeps the inputs of the first `position` tokens. */
+function truncateHistory(history: Step[], position: number): Step[] {
+  if (!history.length || position === 0) return [];
+  const all = concatSteps(history);
+  if (all.input.tokens) return [{ input: { tokens: Array.from(all.input.tokens).slice(0, position) }, tokens: position }];
+  const width = all.input.hidden!.length / all.tokens;
+  return [{ input: { hidden: all.input.hidden!.slice(0, position * width) }, tokens: position }];
+}
