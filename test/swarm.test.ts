@@ -1,0 +1,124 @@
+// Nodes serving spans over real js-libp2p on loopback, and a client routing sessions through them.
+import "../src/swarm/node20.js";
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { noise } from "@chainsafe/libp2p-noise";
+import { yamux } from "@chainsafe/libp2p-yamux";
+import { tcp } from "@libp2p/tcp";
+import { lpStream } from "@libp2p/utils";
+import { multiaddr } from "@multiformats/multiaddr";
+import { createLibp2p, type Libp2p } from "libp2p";
+import { LocalPipeline } from "../src/engine/pipeline.js";
+import { argmax } from "../src/engine/sampling.js";
+import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
+import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
+import { SpanNode } from "../src/swarm/node.js";
+import { decodeMessage, encodeControl, encodeStep, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
+import { RouteSession } from "../src/swarm/route-session.js";
+import { hfModel, sampleTokens } from "./support/fixtures.js";
+
+let checkpoint: Checkpoint;
+let nodes: SpanNode[] = [];
+let client: Libp2p;
+
+before(async () => {
+  checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
+  const spans: [number, number][] = [[0, 2], [2, 4], [1, 4]];
+  nodes = await Promise.all(spans.map(([start, end]) => SpanNode.start({ checkpoint, modelId: "tiny-llama", start, end, maxSessionLength: 128 })));
+  client = await createLibp2p({ transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
+});
+
+after(async () => {
+  await client?.stop();
+  for (const n of nodes) await n.stop().catch(() => {});
+});
+
+function provider(codec: "none" | "blockwise8" = "none") {
+  const c = checkpoint.config;
+  return new Libp2pSpanProvider(client, nodes.map((n) => n.addresses[0]!), {
+    codec,
+    hiddenSize: c.hiddenSize,
+    vocabSize: c.vocabSize,
+    numBlocks: c.numLayers,
+    stepTimeoutMs: 10_000,
+  });
+}
+
+async function greedy(session: { append(t: number[]): Promise<Float32Array> }, prompt: number[], count: number, onToken?: (i: number) => Promise<void>) {
+  let logits = await session.append(prompt);
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    out.push(argmax(logits));
+    await onToken?.(i);
+    logits = await session.append([out.at(-1)!]);
+  }
+  return out;
+}
+
+test("a route over libp2p nodes generates exactly what the local engine generates", async () => {
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 128 });
+  const prompt = sampleTokens(9, 512, 23);
+  const expected = await greedy(local.openSession(64), prompt, 16);
+  await local.release();
+
+  const session = await RouteSession.open(provider(), { numBlocks: 4, maxLength: 64 });
+  assert.equal(session.route.map((h) => `${h.start}-${h.end}`).join(","), "0-2,2-4");
+  assert.deepEqual(await greedy(session, prompt, 16), expected);
+  session.close();
+
+  const compressed = await RouteSession.open(provider("blockwise8"), { numBlocks: 4, maxLength: 64 });
+  const agreeing = (await greedy(compressed, prompt, 16)).filter((t, i) => t === expected[i]).length;
+  assert.ok(agreeing >= 12, `blockwise 8-bit hops agree on ${agreeing}/16 greedy tokens`);
+  compressed.close();
+});
+
+test("garbage, truncated and out-of-range messages get errors; the node keeps serving", async () => {
+  const node = nodes[0]!;
+  const talk = async (messages: Uint8Array[]) => {
+    const stream = await client.dialProtocol(multiaddr(node.addresses[0]!), SPAN_PROTOCOL);
+    const lp = lpStream(stream);
+    const replies = [];
+    for (const m of messages) {
+      await lp.write(m);
+      replies.push(decodeMessage((await lp.read()).subarray()));
+    }
+    await stream.close().catch(() => {});
+    return replies;
+  };
+  const errorCode = (m: ReturnType<typeof decodeMessage>) => (m.kind === Kind.Error ? m.error.code : `kind ${m.kind}`);
+
+  assert.equal(errorCode((await talk([Uint8Array.of(42, 1, 2, 3)]))[0]!), "BAD_CODEC");
+  assert.equal(errorCode((await talk([Uint8Array.of(1, 0x7b)]))[0]!), "BAD_LENGTH"); // truncated JSON
+  assert.equal(errorCode((await talk([encodeControl(Kind.Open, { start: 0, end: 3, maxLength: 8, codec: "none" })]))[0]!), "BAD_SPAN");
+  assert.equal(errorCode((await talk([encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, tokens: [1] })]))[0]!), "NOT_OPEN");
+  const [opened, badToken, rollbackPast, ok] = await talk([
+    encodeControl(Kind.Open, { start: 0, end: 2, maxLength: 8, codec: "none" }),
+    encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, tokens: [1, 99999] }),
+    encodeStep({ stepId: 2, startFromPosition: 5, allLogits: false, tokens: [1] }),
+    encodeStep({ stepId: 3, startFromPosition: 0, allLogits: false, tokens: [1, 2] }),
+  ]);
+  assert.equal(opened!.kind, Kind.Opened);
+  assert.equal(errorCode(badToken!), "BAD_STEP");
+  assert.equal(errorCode(rollbackPast!), "BAD_STEP");
+  assert.equal(ok!.kind, Kind.Result, "the session still works after bad steps");
+  for (let i = 0; i < 100 && node.sessionCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(node.sessionCount, 0, "closed streams release their sessions");
+  assert.ok(node.info().cacheTokensLeft > 0);
+});
+
+test("when a node stops mid-generation the session re-routes, replays history and finishes with the same tokens", async () => {
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 128 });
+  const prompt = sampleTokens(6, 512, 31);
+  const expected = await greedy(local.openSession(64), prompt, 14);
+  await local.release();
+
+  const failovers: string[] = [];
+  const session = await RouteSession.open(provider(), { numBlocks: 4, maxLength: 64, onFailover: (e) => failovers.push(`${e.blocks.join("-")}→${e.replacement.map((h) => `${h.start}-${h.end}`)}`) });
+  const second = session.route[1]!.peerId;
+  const tokens = await greedy(session, prompt, 14, async (i) => {
+    if (i === 6) await nodes.find((n) => n.info().peerId === second)!.stop();
+  });
+  assert.deepEqual(tokens, expected);
+  assert.deepEqual(failovers, ["2-4→2-4"]);
+  session.close();
+});
