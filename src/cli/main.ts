@@ -7,6 +7,7 @@ import { addEngineOptions } from "./engine-options.js";
 import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
+import { nodeCommand } from "./node.js";
 import { makeTestModelCommand } from "./make-test-model.js";
 
 function collect(value: string, previous: string[]): string[] {
@@ -34,7 +35,16 @@ addEngineOptions(
   .option("--stop <text>", "stop string (repeatable)", collect, [])
   .option("--ignore-eos", "keep generating past the end-of-sequence token")
   .option("--json", "print one JSON object with tokens, text and timings instead of streaming")
+  .option("--swarm <multiaddr>", "run through the swarm's nodes at these addresses (repeatable); the tokenizer stays local", collect, [])
+  .addOption(new Option("--codec <codec>", "hidden-state codec on swarm hops").choices(["none", "f16", "blockwise8"]).default("none"))
   .action(generateCommand);
+
+addEngineOptions(program.command("node").description("serve a span of blocks to the swarm over libp2p"))
+  .requiredOption("--blocks <start:end>", "the span to serve, e.g. 0:4")
+  .option("--port <n>", "TCP port (0: any free one)", intArg, 0)
+  .option("--host <ip>", "address to listen on", "127.0.0.1")
+  .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)
+  .action(nodeCommand);
 
 program
   .command("make-test-model")
@@ -71,5 +81,6 @@ program
 
 program.parseAsync().catch((e: Error) => {
   console.error(`tessera: ${e.name === "Error" ? "" : `${e.name}: `}${e.message}`);
-  process.exitCode = 1;
+  // Exit now: a failed command may leave sockets or engine sessions open.
+  process.exit(1);
 });

@@ -136,18 +136,31 @@ export class RouteSession implements LogitsSession {
     this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
   }
 
+  /** Routes [start, end) and opens a session on every hop; a node that refuses is banned and routed around. */
   private async connect(start: number, end: number): Promise<LiveHop[]> {
+    const maxRetries = this.opts.maxRetries ?? 8;
+    for (let attempt = 0; ; attempt++) {
+      const route = await this.planRoute(start, end);
+      const opened = await Promise.allSettled(route.map((hop) => this.provider.open(hop, this.opts.maxLength)));
+      const failed = opened.findIndex((o) => o.status === "rejected");
+      if (failed < 0) return route.map((hop, i) => ({ hop, span: (opened[i] as PromiseFulfilledResult<RemoteSpan>).value, history: [] }));
+      for (const o of opened) if (o.status === "fulfilled") void o.value.close().catch(() => {});
+      if (attempt >= maxRetries) throw (opened[failed] as PromiseRejectedResult).reason;
+      this.bans.ban(route[failed]!.peerId, this.opts.now?.() ?? Date.now());
+    }
+  }
+
+  private async planRoute(start: number, end: number): Promise<Hop[]> {
     const now = this.opts.now?.() ?? Date.now();
     const records = await this.provider.records();
-    let route: Hop[];
+    const request = { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts() };
     try {
-      route = minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), excluded: this.bans.banned(now) });
+      return minLatencyRoute(records, { ...request, excluded: this.bans.banned(now) });
     } catch (e) {
       if (!(e instanceof MissingBlocksError)) throw e;
       // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
-      route = minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts() });
+      return minLatencyRoute(records, request);
     }
-    return Promise.all(route.map(async (hop) => ({ hop, span: await this.provider.open(hop, this.opts.maxLength), history: [] })));
   }
 }
 

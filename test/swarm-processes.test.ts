@@ -1,0 +1,85 @@
+// The swarm as separate processes: `tessera node` per span, a client in the test, and a node
+// killed with SIGKILL mid-generation.
+import assert from "node:assert/strict";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { promisify } from "node:util";
+import { LocalPipeline } from "../src/engine/pipeline.js";
+import { argmax } from "../src/engine/sampling.js";
+import { openCheckpoint } from "../src/model/checkpoint.js";
+import { SwarmClient } from "../src/swarm/client.js";
+import { hfModel, sampleTokens } from "./support/fixtures.js";
+
+const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
+const children: ChildProcess[] = [];
+after(() => {
+  for (const c of children) c.kill("SIGKILL");
+});
+
+/** Starts `tessera node` and resolves with its process and listening address. */
+function startNode(model: string, blocks: string): Promise<{ proc: ChildProcess; addr: string }> {
+  const proc = spawn(process.execPath, [bin, "node", "--model", model, "--blocks", blocks, "--max-session", "512"], { env: process.env });
+  children.push(proc);
+  return new Promise((resolve, reject) => {
+    let out = "";
+    let err = "";
+    proc.stdout!.on("data", (d) => {
+      out += d;
+      const m = /listening (\S+)/.exec(out);
+      if (m) resolve({ proc, addr: m[1]! });
+    });
+    proc.stderr!.on("data", (d) => (err += d));
+    proc.on("exit", (code) => reject(new Error(`node ${blocks} exited with ${code}: ${err}`)));
+  });
+}
+
+test("three node processes serve a model; killing one mid-generation changes no token", async () => {
+  const model = await hfModel("tiny-llama");
+  const checkpoint = await openCheckpoint(model);
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 128 });
+  const prompt = sampleTokens(8, 512, 41);
+  const expected: number[] = [];
+  {
+    const s = local.openSession(64);
+    let logits = await s.append(prompt);
+    for (let i = 0; i < 20; i++) {
+      expected.push(argmax(logits));
+      logits = await s.append([expected.at(-1)!]);
+    }
+  }
+  await local.release();
+
+  const nodes = await Promise.all([startNode(model, "0:2"), startNode(model, "2:4"), startNode(model, "1:4")]);
+  const client = await SwarmClient.connect(nodes.map((n) => n.addr), checkpoint.config, { stepTimeoutMs: 10_000 });
+  try {
+    const failovers: string[] = [];
+    const session = await client.openSession(64, { onFailover: (e) => failovers.push(e.peerId) });
+    const victimPeer = session.route[1]!.peerId;
+    const records = await client.provider.records();
+    const victim = nodes[["0:2", "2:4", "1:4"].findIndex((b) => {
+      const r = records.find((x) => x.peerId === victimPeer)!;
+      return b === `${r.start}:${r.end}`;
+    })]!;
+    let logits = await session.append(prompt);
+    const tokens: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      tokens.push(argmax(logits));
+      if (i === 7) victim.proc.kill("SIGKILL");
+      logits = await session.append([tokens.at(-1)!]);
+    }
+    assert.deepEqual(tokens, expected);
+    assert.deepEqual(failovers, [victimPeer]);
+    session.close();
+
+    // The CLI's swarm mode generates what the local engine generates.
+    const run = promisify(execFile);
+    const alive = nodes.filter((n) => n !== victim).map((n) => ["--swarm", n.addr]).flat();
+    const args = ["generate", "--model", model, "--prompt", "In the beginning", "-t", "0", "-n", "10", "--json"];
+    const viaSwarm = JSON.parse((await run(process.execPath, [bin, ...args, ...alive])).stdout);
+    const onThisMachine = JSON.parse((await run(process.execPath, [bin, ...args])).stdout);
+    assert.deepEqual(viaSwarm.tokens, onThisMachine.tokens);
+  } finally {
+    await client.close();
+  }
+});
