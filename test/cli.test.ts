@@ -49,3 +49,11 @@ test("a bad model path is a one-line error with a non-zero exit", async () => {
     return true;
   });
 });
+
+test("demo starts three node processes, streams a chat through them and shuts them down", async () => {
+  const { stdout } = await tessera("demo", "-n", "12");
+  assert.equal(stdout.match(/node \d +…\w+ +blocks \[\d+, \d+\)/g)?.length, 3);
+  assert.match(stdout, /route: …\w+ \[0,\d\) → …\w+ \[\d,8\)/);
+  assert.match(stdout, /\d+ tokens through the swarm at [\d.]+ tok\/s/);
+  assert.match(stdout, /swarm stopped/);
+});

@@ -3,6 +3,7 @@ import { Command, Option } from "commander";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { floatArg, intArg } from "./args.js";
 import { convertCommand } from "./convert.js";
+import { demoCommand } from "./demo.js";
 import { addEngineOptions } from "./engine-options.js";
 import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
@@ -45,6 +46,14 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--host <ip>", "address to listen on", "127.0.0.1")
   .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)
   .action(nodeCommand);
+
+program
+  .command("demo")
+  .description("start a local swarm of 3 nodes serving the shipped model and chat through it")
+  .option("-p, --prompt <text>", "what to ask", "Genesis 1")
+  .option("-n, --max-tokens <n>", "tokens to generate at most", intArg, 80)
+  .option("--seed <n>", "random seed", intArg, 7)
+  .action(demoCommand);
 
 program
   .command("make-test-model")
