@@ -1,7 +1,7 @@
 // The swarm as separate processes: `tessera node` per span, a client in the test, and a node
 // killed with SIGKILL mid-generation.
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { promisify } from "node:util";
@@ -9,6 +9,7 @@ import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { SwarmClient } from "../src/swarm/client.js";
+import { spawnNode } from "../src/swarm/node-process.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
 
 const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
@@ -17,21 +18,11 @@ after(() => {
   for (const c of children) c.kill("SIGKILL");
 });
 
-/** Starts `tessera node` and resolves with its process and listening address. */
-function startNode(model: string, blocks: string): Promise<{ proc: ChildProcess; addr: string }> {
-  const proc = spawn(process.execPath, [bin, "node", "--model", model, "--blocks", blocks, "--max-session", "512"], { env: process.env });
-  children.push(proc);
-  return new Promise((resolve, reject) => {
-    let out = "";
-    let err = "";
-    proc.stdout!.on("data", (d) => {
-      out += d;
-      const m = /listening (\S+)/.exec(out);
-      if (m) resolve({ proc, addr: m[1]! });
-    });
-    proc.stderr!.on("data", (d) => (err += d));
-    proc.on("exit", (code) => reject(new Error(`node ${blocks} exited with ${code}: ${err}`)));
-  });
+async function startNode(model: string, blocks: string) {
+  const [start, end] = blocks.split(":").map(Number) as [number, number];
+  const node = await spawnNode(model, start, end, ["--max-session", "512"]);
+  children.push(node.proc);
+  return node;
 }
 
 test("three node processes serve a model; killing one mid-generation changes no token", async () => {

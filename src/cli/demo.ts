@@ -1,14 +1,11 @@
 // `tessera demo`: a local swarm of three node processes serving the shipped model in overlapping
 // spans, and a short chat streamed through it.
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { generate } from "../engine/generate.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
-
-const BIN = fileURLToPath(new URL("../../bin/tessera.js", import.meta.url));
+import { spawnNode, stopNode } from "../swarm/node-process.js";
 
 interface DemoFlags {
   prompt: string;
@@ -22,7 +19,7 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
   const half = Math.ceil(L / 2);
   const spans: [number, number][] = [[0, half], [half, L], [Math.max(1, half - 2), L]];
   console.log(`Starting a local swarm of ${spans.length} nodes for the shipped model (${L} blocks)…`);
-  const nodes = await Promise.all(spans.map(([a, b]) => startNode(a, b)));
+  const nodes = await Promise.all(spans.map(([a, b]) => spawnNode(SHIPPED_MODEL.hf, a, b, ["--max-session", "512", "--threads", "1"])));
   const client = await SwarmClient.connect(nodes.map((n) => n.addr), checkpoint.config, { codec: "blockwise8" });
   try {
     const records = await client.provider.records();
@@ -56,33 +53,4 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
 
 function shortId(peerId: string): string {
   return `…${peerId.slice(-6)}`;
-}
-
-function startNode(start: number, end: number): Promise<{ proc: ChildProcess; addr: string }> {
-  const proc = spawn(process.execPath, [BIN, "node", "--model", SHIPPED_MODEL.hf, "--blocks", `${start}:${end}`, "--max-session", "512", "--threads", "1"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  return new Promise((resolve, reject) => {
-    let out = "";
-    let err = "";
-    proc.stdout!.on("data", (d) => {
-      out += d;
-      const m = /listening (\S+)/.exec(out);
-      if (m) resolve({ proc, addr: m[1]! });
-    });
-    proc.stderr!.on("data", (d) => (err += d));
-    proc.on("exit", (code) => reject(new Error(`node [${start}, ${end}) exited with code ${code}: ${err.trim()}`)));
-  });
-}
-
-function stopNode(proc: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (proc.exitCode !== null) return resolve();
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-    proc.once("exit", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    proc.kill("SIGTERM");
-  });
 }

@@ -1,0 +1,43 @@
+// Runs `tessera node` as a child process (the demo, tests, local swarms).
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+const BIN = fileURLToPath(new URL("../../bin/tessera.js", import.meta.url));
+
+export interface NodeProcess {
+  proc: ChildProcess;
+  /** The multiaddr the node printed as `listening <addr>`. */
+  addr: string;
+}
+
+/** Starts a node serving [start, end) of `model`; resolves once it listens. */
+export function spawnNode(model: string, start: number, end: number, extraArgs: string[] = []): Promise<NodeProcess> {
+  const proc = spawn(process.execPath, [BIN, "node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: process.env,
+  });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    let err = "";
+    proc.stdout!.on("data", (d) => {
+      out += d;
+      const m = /listening (\S+)/.exec(out);
+      if (m) resolve({ proc, addr: m[1]! });
+    });
+    proc.stderr!.on("data", (d) => (err += d));
+    proc.on("exit", (code) => reject(new Error(`node [${start}, ${end}) exited with code ${code}: ${err.trim()}`)));
+  });
+}
+
+/** SIGTERM (clean shutdown), then SIGKILL after 5 s. */
+export function stopNode(proc: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
+    proc.once("exit", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    proc.kill("SIGTERM");
+  });
+}
