@@ -1,0 +1,107 @@
+// Swarm benchmark: per-token decode latency of the shipped model through 1–4 libp2p nodes on
+// loopback (client-relayed) against the in-process engine in the same run, per codec; bytes per
+// hop of a 512-token prefill; and greedy next-token agreement of blockwise 8-bit hops with f32
+// hops over the held-out text.
+//   npm run bench -- swarm [--decode 64] [--agreement-tokens 2048]
+import "../src/swarm/node20.js";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { type LogitsSession, LocalPipeline } from "../src/engine/pipeline.js";
+import { argmax } from "../src/engine/sampling.js";
+import { openCheckpoint } from "../src/model/checkpoint.js";
+import { SHIPPED_MODEL } from "../src/model/shipped.js";
+import { loadTokenizer } from "../src/model/tokenizer.js";
+import { SwarmClient } from "../src/swarm/client.js";
+import { SpanNode } from "../src/swarm/node.js";
+import { type Codec, frameBytes } from "../src/wire/tensor-frame.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+async function decodeMs(session: LogitsSession, prompt: number[], steps: number): Promise<number> {
+  let logits = await session.append(prompt);
+  for (let i = 0; i < 4; i++) logits = await session.append([argmax(logits)]); // warm-up
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) logits = await session.append([argmax(logits)]);
+  return (performance.now() - t0) / steps;
+}
+
+function evenSpans(blocks: number, nodes: number): [number, number][] {
+  return Array.from({ length: nodes }, (_, i) => [Math.round((i * blocks) / nodes), Math.round(((i + 1) * blocks) / nodes)]);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { decode: { type: "string", default: "64" }, "agreement-tokens": { type: "string", default: "2048" } } });
+  const steps = Number(values.decode);
+  const checkpoint = await openCheckpoint(SHIPPED_MODEL.hf);
+  const c = checkpoint.config;
+  const tokenizer = await loadTokenizer(checkpoint);
+  const heldOut = tokenizer.encode(readFileSync(SHIPPED_MODEL.evalText, "utf8"), { addSpecial: false });
+  const prompt = heldOut.slice(0, 32);
+
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 512 });
+  const inprocess = await decodeMs(local.openSession(256), prompt, steps);
+  console.log(`in-process engine: ${inprocess.toFixed(2)} ms/token`);
+
+  const byNodes: Record<string, number> = {};
+  const byCodec: Record<string, number> = {};
+  for (const n of [1, 2, 3, 4]) {
+    const nodes = await Promise.all(evenSpans(c.numLayers, n).map(([start, end]) => SpanNode.start({ checkpoint, modelId: "bench", start, end, maxSessionLength: 512 })));
+    for (const codec of (n === 2 ? ["none", "f16", "blockwise8"] : ["none"]) as Codec[]) {
+      const client = await SwarmClient.connect(nodes.flatMap((x) => x.addresses.slice(0, 1)), c, { codec });
+      const ms = await decodeMs(await client.openSession(256), prompt, steps);
+      if (codec === "none") byNodes[n] = ms;
+      if (n === 2) byCodec[codec] = ms;
+      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}: ${ms.toFixed(2)} ms/token`);
+      await client.close();
+    }
+    for (const node of nodes) await node.stop();
+  }
+  // Each extra node adds one client↔node round trip and one serialization per token.
+  const hopOverhead = (byNodes[4]! - inprocess) / 4;
+
+  // Teacher-forced greedy agreement: the next-token argmax with blockwise 8-bit hops vs f32 hops.
+  const agreementTokens = heldOut.slice(0, Number(values["agreement-tokens"]));
+  const nodes = await Promise.all(evenSpans(c.numLayers, 3).map(([start, end]) => SpanNode.start({ checkpoint, modelId: "bench", start, end, maxSessionLength: 512 })));
+  const predictions: Record<string, number[]> = {};
+  for (const codec of ["none", "blockwise8"] as Codec[]) {
+    const client = await SwarmClient.connect(nodes.map((x) => x.addresses[0]!), c, { codec });
+    const session = await client.openSession(256);
+    predictions[codec] = [];
+    for (let w = 0; w < agreementTokens.length; w += 256) {
+      session.truncate(0);
+      const window = agreementTokens.slice(w, w + 256);
+      const logits = await session.append(window, { allLogits: true });
+      for (let i = 0; i < window.length; i++) predictions[codec]!.push(argmax(logits.subarray(i * c.vocabSize, (i + 1) * c.vocabSize)));
+    }
+    await client.close();
+  }
+  for (const node of nodes) await node.stop();
+  const agree = predictions.none!.filter((t, i) => t === predictions.blockwise8![i]).length / predictions.none!.length;
+  await local.release();
+
+  const prefillElements = 512 * c.hiddenSize;
+  const bytesPerHop = Object.fromEntries((["none", "f16", "blockwise8"] as Codec[]).map((k) => [k, frameBytes(prefillElements, 3, k)]));
+  const result = {
+    benchmark: "swarm",
+    date: new Date().toISOString(),
+    machine: { cpu: cpus()[0]?.model, cores: cpus().length, ram_bytes: totalmem(), node: process.version },
+    model: { path: "models/tessera-kjv", blocks: c.numLayers, hidden: c.hiddenSize },
+    settings: { decode_steps: steps, transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, client-relayed" },
+    inprocess_ms_per_token: inprocess,
+    ms_per_token_by_nodes: byNodes,
+    ms_per_token_by_codec_2_nodes: byCodec,
+    hop_overhead_ms: hopOverhead,
+    bytes_per_hop_by_codec: { prefill_tokens: 512, ...bytesPerHop },
+    blockwise8_size_ratio_vs_f32: bytesPerHop.none! / bytesPerHop.blockwise8!,
+    blockwise8_greedy_agreement: agree,
+    agreement_tokens: predictions.none!.length,
+  };
+  console.table({ inprocess: { ms: inprocess }, ...Object.fromEntries(Object.entries(byNodes).map(([k, v]) => [`${k} nodes`, { ms: v }])) });
+  console.log(`hop overhead ${hopOverhead.toFixed(2)} ms; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
+  mkdirSync(join(here, "results"), { recursive: true });
+  writeFileSync(join(here, "results", "swarm.json"), JSON.stringify(result, null, 2) + "\n");
+  console.log("wrote bench/results/swarm.json");
+}
