@@ -122,3 +122,50 @@ test("when a node stops mid-generation the session re-routes, replays history an
   assert.deepEqual(failovers, ["2-4→2-4"]);
   session.close();
 });
+
+test("an oversized message closes only its own stream; other sessions go on", async () => {
+  const node = nodes[0]!;
+  const healthy = await RouteSession.open(provider(), { numBlocks: 4, maxLength: 32 });
+  await healthy.append([1, 2, 3]);
+  const stream = await client.dialProtocol(multiaddr(node.addresses[0]!), SPAN_PROTOCOL);
+  const lp = lpStream(stream, { maxDataLength: 512 << 20 });
+  await lp.write(new Uint8Array(130 << 20)).catch(() => {}); // over the node's 128 MiB limit
+  await assert.rejects(lp.read({ signal: AbortSignal.timeout(5000) }));
+  assert.ok((await healthy.append([4])).length === 512, "the other session still answers");
+  healthy.close();
+});
+
+test("a node that accepts a session and never answers is timed out and routed around", async () => {
+  // A silent impostor: it advertises blocks [0, 4) on the info protocol and swallows every step.
+  const silent = await createLibp2p({ addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
+  await silent.handle("/tessera/info/1.0.0", async (stream) => {
+    const info = { peerId: silent.peerId.toString(), modelId: "x", numBlocks: 4, start: 0, end: 4, inferenceRps: 1e6, forwardRps: 1e6, cacheTokensLeft: 1e9, version: "x" };
+    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(info)));
+    await stream.close();
+  });
+  await silent.handle(SPAN_PROTOCOL, async (stream) => {
+    const lp = lpStream(stream);
+    await lp.read();
+    await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
+    await lp.read().catch(() => {}); // never answers the step
+  });
+  try {
+    const c = checkpoint.config;
+    const p = new Libp2pSpanProvider(client, [silent.getMultiaddrs()[0]!.toString(), ...nodes.map((n) => n.addresses[0]!)], {
+      hiddenSize: c.hiddenSize,
+      vocabSize: c.vocabSize,
+      numBlocks: c.numLayers,
+      stepTimeoutMs: 1000,
+    });
+    const failed: string[] = [];
+    const session = await RouteSession.open(p, { numBlocks: 4, maxLength: 32, onFailover: (e) => failed.push(e.peerId) });
+    assert.equal(session.route[0]!.peerId, silent.peerId.toString(), "the impostor looks fastest");
+    const logits = await session.append([1, 2, 3]);
+    assert.equal(logits.length, 512);
+    assert.deepEqual(failed, [silent.peerId.toString()]);
+    assert.ok(!session.route.some((h) => h.peerId === silent.peerId.toString()));
+    session.close();
+  } finally {
+    await silent.stop();
+  }
+});
