@@ -7,6 +7,7 @@ import { yamux } from "@chainsafe/libp2p-yamux";
 import { tcp } from "@libp2p/tcp";
 import { lpStream } from "@libp2p/utils";
 import { multiaddr } from "@multiformats/multiaddr";
+import { generateKeyPair } from "@libp2p/crypto/keys";
 import { createLibp2p, type Libp2p } from "libp2p";
 import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
@@ -15,6 +16,7 @@ import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { decodeMessage, encodeControl, encodeStep, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
 import { RouteSession } from "../src/swarm/route-session.js";
+import { RECORD_TTL_MS, signRecord, verifyRecord } from "../src/swarm/signed-record.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
 
 let checkpoint: Checkpoint;
@@ -137,10 +139,11 @@ test("an oversized message closes only its own stream; other sessions go on", as
 
 test("a node that accepts a session and never answers is timed out and routed around", async () => {
   // A silent impostor: it advertises blocks [0, 4) on the info protocol and swallows every step.
-  const silent = await createLibp2p({ addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
+  const key = await generateKeyPair("Ed25519");
+  const silent = await createLibp2p({ privateKey: key, addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
   await silent.handle("/tessera/info/1.0.0", async (stream) => {
     const info = { peerId: silent.peerId.toString(), modelId: "x", numBlocks: 4, start: 0, end: 4, inferenceRps: 1e6, forwardRps: 1e6, cacheTokensLeft: 1e9, version: "x" };
-    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(info)));
+    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(await signRecord(key, info, Date.now()))));
     await stream.close();
   });
   await silent.handle(SPAN_PROTOCOL, async (stream) => {
@@ -167,5 +170,51 @@ test("a node that accepts a session and never answers is timed out and routed ar
     session.close();
   } finally {
     await silent.stop();
+  }
+});
+
+test("records are signed by the node's key; forged, expired, future and out-of-range ones are rejected", async () => {
+  const key = await generateKeyPair("Ed25519");
+  const other = await generateKeyPair("Ed25519");
+  const { peerIdFromPrivateKey } = await import("@libp2p/peer-id");
+  const info = { peerId: peerIdFromPrivateKey(key).toString(), modelId: "m", numBlocks: 8, start: 2, end: 6, inferenceRps: 50, forwardRps: 500, cacheTokensLeft: 1000, version: "v" };
+  const now = 1_000_000;
+  const good = await signRecord(key, info, now);
+  const accepted = await verifyRecord(good, now + 1000);
+  assert.equal(typeof accepted, "object");
+  assert.equal((accepted as { start: number }).start, 2);
+
+  const forged = { record: good.record.replace('"start":2', '"start":0'), signature: good.signature };
+  assert.match(String(await verifyRecord(forged, now)), /signature does not match/);
+  const impostor = await signRecord(other, info, now); // signed by a key that is not the peer's
+  assert.match(String(await verifyRecord(impostor, now)), /signature does not match/);
+  assert.match(String(await verifyRecord(good, now + RECORD_TTL_MS + 1)), /expired/);
+  assert.match(String(await verifyRecord(await signRecord(key, info, now + 10 * RECORD_TTL_MS), now)), /too far in the future/);
+  assert.match(String(await verifyRecord(await signRecord(key, { ...info, end: 9 }, now), now)), /invalid/);
+  assert.match(String(await verifyRecord({ record: "{", signature: "00" }, now)), /not JSON/);
+  assert.match(String(await verifyRecord(42, now)), /malformed/);
+
+  // Through the provider: a node whose record is forged is left out of routing.
+  const liar = await createLibp2p({ addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
+  await liar.handle("/tessera/info/1.0.0", async (stream) => {
+    const claimed = { ...info, peerId: liar.peerId.toString() };
+    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(await signRecord(other, claimed, Date.now()))));
+    await stream.close();
+  });
+  try {
+    const c = checkpoint.config;
+    const rejected: string[] = [];
+    const p = new Libp2pSpanProvider(client, [liar.getMultiaddrs()[0]!.toString(), nodes[0]!.addresses[0]!], {
+      hiddenSize: c.hiddenSize,
+      vocabSize: c.vocabSize,
+      numBlocks: c.numLayers,
+      onRejectedRecord: (_, reason) => rejected.push(reason),
+    });
+    const records = await p.records();
+    assert.deepEqual(records.map((r) => r.peerId), [nodes[0]!.info().peerId]);
+    assert.equal(rejected.length, 1);
+    assert.match(rejected[0]!, /signature does not match/);
+  } finally {
+    await liar.stop();
   }
 });

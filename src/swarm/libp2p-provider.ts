@@ -8,6 +8,7 @@ import type { Libp2p } from "libp2p";
 import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { decodeMessage, encodeControl, encodeStep, INFO_PROTOCOL, Kind, MAX_MESSAGE_BYTES, type NodeInfo, SPAN_PROTOCOL } from "./protocol.js";
+import { verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
 import type { RemoteSpan, SpanProvider } from "./route-session.js";
 
@@ -31,6 +32,9 @@ export interface ProviderOptions {
   hiddenSize: number;
   vocabSize: number;
   numBlocks: number;
+  /** Called with the reason a node's record was dropped (forged, expired, out of range). */
+  onRejectedRecord?: (addr: string, reason: string) => void;
+  now?: () => number;
 }
 
 export class Libp2pSpanProvider implements SpanProvider {
@@ -52,10 +56,21 @@ export class Libp2pSpanProvider implements SpanProvider {
         try {
           const t0 = performance.now();
           const stream = await this.libp2p.dialProtocol(entry.addr, INFO_PROTOCOL, { signal: AbortSignal.timeout(5000) });
-          const info = JSON.parse(new TextDecoder().decode((await lpStream(stream).read({ signal: AbortSignal.timeout(5000) })).subarray())) as NodeInfo;
+          const bytes = (await lpStream(stream).read({ signal: AbortSignal.timeout(5000) })).subarray();
           entry.rtt = (performance.now() - t0) / 1000;
-          entry.info = info;
           await stream.close().catch(() => {});
+          const info = await verifyRecord(JSON.parse(new TextDecoder().decode(bytes)), this.now());
+          if (typeof info === "string") {
+            this.opts.onRejectedRecord?.(entry.addr.toString(), info);
+            entry.info = undefined;
+            return;
+          }
+          const dialed = entry.addr.getComponents().find((c) => c.name === "p2p")?.value;
+          if (dialed && info.peerId !== dialed) {
+            this.opts.onRejectedRecord?.(entry.addr.toString(), "record of another peer");
+            return;
+          }
+          entry.info = info;
           records.push({
             peerId: info.peerId,
             start: info.start,
@@ -72,6 +87,10 @@ export class Libp2pSpanProvider implements SpanProvider {
       }),
     );
     return records;
+  }
+
+  private now(): number {
+    return this.opts.now?.() ?? Date.now();
   }
 
   rtts(): ReadonlyMap<string, number> {

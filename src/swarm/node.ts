@@ -11,12 +11,15 @@ import type { Stream } from "@libp2p/interface";
 import { ping } from "@libp2p/ping";
 import { tcp } from "@libp2p/tcp";
 import { lpStream } from "@libp2p/utils";
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import type { PrivateKey } from "@libp2p/interface";
 import { createLibp2p, type Libp2p } from "libp2p";
 import { type KvSession, SessionError, SpanRunner } from "../engine/runtime.js";
 import type { WeightFormat } from "../engine/weights.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { ProtocolError } from "../wire/errors.js";
 import type { Codec } from "../wire/tensor-frame.js";
+import { signRecord } from "./signed-record.js";
 import {
   decodeMessage,
   encodeControl,
@@ -60,6 +63,7 @@ export class SpanNode {
 
   private constructor(
     readonly libp2p: Libp2p,
+    private readonly key: PrivateKey,
     private readonly blocks: SpanRunner[],
     private readonly opts: Required<Omit<SpanNodeOptions, "threads" | "listen" | "format">> & SpanNodeOptions,
   ) {}
@@ -80,14 +84,16 @@ export class SpanNode {
         ),
       );
     }
+    const key = await generateKeyPair("Ed25519");
     const libp2p = await createLibp2p({
+      privateKey: key,
       addresses: { listen: options.listen ?? ["/ip4/127.0.0.1/tcp/0"] },
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
       services: { identify: identify(), ping: ping() },
     });
-    const node = new SpanNode(libp2p, blocks, {
+    const node = new SpanNode(libp2p, key, blocks, {
       cacheTokens: 16384 * (options.end - options.start),
       ...options,
       maxSessionLength,
@@ -127,7 +133,8 @@ export class SpanNode {
 
   private async sendInfo(stream: Stream): Promise<void> {
     try {
-      await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(this.info())));
+      const signed = await signRecord(this.key, this.info(), Date.now());
+      await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(signed)));
       await stream.close();
     } catch {
       stream.abort(new Error("info request failed"));
