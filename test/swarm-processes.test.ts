@@ -1,7 +1,7 @@
 // The swarm as separate processes: `tessera node` per span, a client in the test, and a node
 // killed with SIGKILL mid-generation.
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { promisify } from "node:util";
@@ -74,3 +74,27 @@ test("three node processes serve a model; killing one mid-generation changes no 
     await client.close();
   }
 });
+
+test("a node started with --blocks auto takes the blocks the swarm lacks", async () => {
+  const model = await hfModel("tiny-llama");
+  const first = await startNode(model, "0:2");
+  const second = await spawnNode(model, 0, 0, ["--bootstrap", first.addr, "--max-blocks", "2"]).catch((e) => e as Error);
+  assert.ok(second instanceof Error, "0:0 is refused");
+  const auto = spawnAuto(model, ["--blocks", "auto", "--bootstrap", first.addr, "--max-blocks", "2"]);
+  const out = await auto;
+  assert.match(out, /taking \[2, 4\)/);
+});
+
+/** Runs `tessera node` with the given flags until it listens; returns what it printed. */
+function spawnAuto(model: string, flags: string[]): Promise<string> {
+  const proc = spawn(process.execPath, [bin, "node", "--model", model, ...flags], { env: process.env });
+  children.push(proc);
+  return new Promise((resolve, reject) => {
+    let out = "";
+    proc.stdout!.on("data", (d) => {
+      out += d;
+      if (/listening/.test(out)) resolve(out);
+    });
+    proc.on("exit", (code) => reject(new Error(`exited with ${code}`)));
+  });
+}

@@ -41,7 +41,9 @@ addEngineOptions(
   .action(generateCommand);
 
 addEngineOptions(program.command("node").description("serve a span of blocks to the swarm over libp2p"))
-  .requiredOption("--blocks <start:end>", "the span to serve, e.g. 0:4")
+  .requiredOption("--blocks <start:end|auto>", "the span to serve, e.g. 0:4, or auto: as many blocks as memory allows, where the swarm is weakest")
+  .option("--bootstrap <multiaddr>", "a node of the swarm to learn spans from (repeatable)", collect, [])
+  .option("--max-blocks <n>", "with --blocks auto: serve at most this many blocks", intArg)
   .option("--port <n>", "TCP port (0: any free one)", intArg, 0)
   .option("--host <ip>", "address to listen on", "127.0.0.1")
   .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)

@@ -1,6 +1,13 @@
 import type { WeightFormat } from "../engine/weights.js";
 import { openCheckpoint } from "../model/checkpoint.js";
+import type { ModelConfig } from "../model/types.js";
+import { blocksThatFit } from "../swarm/capacity.js";
+import { SwarmClient } from "../swarm/client.js";
 import { SpanNode } from "../swarm/node.js";
+import { chooseBlocks } from "../swarm/placement.js";
+
+/** KV budget per block, in tokens (Petals' default for GQA models is 16384). */
+const CACHE_TOKENS = 16384;
 
 interface NodeFlags {
   model: string;
@@ -10,20 +17,21 @@ interface NodeFlags {
   weights: WeightFormat;
   threads?: number;
   maxSession: number;
+  bootstrap: string[];
+  maxBlocks?: number;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
 export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const checkpoint = await openCheckpoint(flags.model);
   const L = checkpoint.config.numLayers;
-  const match = /^(\d+):(\d+)$/.exec(flags.blocks);
-  if (!match) throw new Error(`--blocks takes start:end (e.g. 0:4), got '${flags.blocks}'`);
-  const [start, end] = [Number(match[1]), Number(match[2])];
+  const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, checkpoint.config) : parseSpan(flags.blocks);
   const node = await SpanNode.start({
     checkpoint,
     modelId: checkpoint.path,
     start,
     end: Math.min(end, L),
+    cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),
     format: flags.weights,
     threads: flags.threads,
     maxSessionLength: flags.maxSession,
@@ -37,4 +45,25 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
   };
   process.once("SIGINT", shutdown);
   process.once("SIGTERM", shutdown);
+}
+
+function parseSpan(blocks: string): [number, number] {
+  const match = /^(\d+):(\d+)$/.exec(blocks);
+  if (!match) throw new Error(`--blocks takes start:end (e.g. 0:4) or auto, got '${blocks}'`);
+  return [Number(match[1]), Number(match[2])];
+}
+
+/** As many blocks as free memory allows, placed on the swarm's weakest blocks. */
+async function chooseSpan(flags: NodeFlags, config: ModelConfig): Promise<[number, number]> {
+  const { freemem } = await import("node:os");
+  const capacity = Math.min(blocksThatFit(config, flags.weights, freemem(), CACHE_TOKENS), flags.maxBlocks ?? Infinity);
+  let records: Awaited<ReturnType<SwarmClient["provider"]["records"]>> = [];
+  if (flags.bootstrap.length) {
+    const client = await SwarmClient.connect(flags.bootstrap, config);
+    records = await client.provider.records();
+    await client.close();
+  }
+  const { start, end } = chooseBlocks(records, config.numLayers, capacity);
+  console.log(`auto: room for ${capacity} of ${config.numLayers} blocks; ${records.length} known spans; taking [${start}, ${end})`);
+  return [start, end];
 }
