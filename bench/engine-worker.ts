@@ -152,15 +152,28 @@ async function tesseraRun(a: TesseraArgs): Promise<unknown> {
   session.close();
   const mem = memoryStatus();
   await pipeline.release();
+  return runResult({ cpu, loadMs, prefillMs, stepMs, generated, afterLoad, mem });
+}
+
+/** The measurements of one engine run, as the parent process reads them. */
+function runResult(r: {
+  cpu: ReturnType<typeof cpuBetween>;
+  loadMs: number;
+  prefillMs: number;
+  stepMs: number[];
+  generated: number[];
+  afterLoad: ReturnType<typeof memoryStatus>;
+  mem: ReturnType<typeof memoryStatus>;
+}) {
   return {
-    cpu,
-    load_ms: loadMs,
-    prefill_ms: prefillMs,
-    decode_step_ms: stepMs,
-    tokens: generated,
-    rss_after_load_bytes: afterLoad.rssBytes,
-    peak_rss_bytes: mem.peakRssBytes,
-    rss_bytes: mem.rssBytes,
+    cpu: r.cpu,
+    load_ms: r.loadMs,
+    prefill_ms: r.prefillMs,
+    decode_step_ms: r.stepMs,
+    tokens: r.generated,
+    rss_after_load_bytes: r.afterLoad.rssBytes,
+    peak_rss_bytes: r.mem.peakRssBytes,
+    rss_bytes: r.mem.rssBytes,
   };
 }
 
@@ -229,16 +242,7 @@ async function llamaRun(a: LlamaArgs): Promise<unknown> {
   const mem = memoryStatus();
   await context.dispose();
   await model.dispose();
-  return {
-    cpu,
-    load_ms: loadMs,
-    prefill_ms: prefillMs,
-    decode_step_ms: stepMs,
-    tokens: generated,
-    rss_after_load_bytes: afterLoad.rssBytes,
-    peak_rss_bytes: mem.peakRssBytes,
-    rss_bytes: mem.rssBytes,
-  };
+  return runResult({ cpu, loadMs, prefillMs, stepMs, generated, afterLoad, mem });
 }
 
 // ------------------------------------------------------------------ HF folder vs GGUF

@@ -1,7 +1,7 @@
 // Perplexity and next-token top-1 accuracy of a model over a token stream, in independent
 // windows (each window starts from an empty cache), through any chain of spans.
 import type { LogitsSession } from "./pipeline.js";
-import { argmax } from "./sampling.js";
+import { argmax, logSoftmax } from "./sampling.js";
 
 export interface EvalResult {
   /** Tokens predicted (each window predicts all but its first token). */
@@ -30,7 +30,7 @@ export async function evaluateTokens(
     const logits = await session.append(chunk, { allLogits: true });
     for (let i = 0; i + 1 < chunk.length; i++) {
       const row = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
-      nll += logSumExp(row) - row[chunk[i + 1]!]!;
+      nll -= logSoftmax(row)[chunk[i + 1]!]!;
       if (argmax(row) === chunk[i + 1]) correct++;
       predicted++;
     }
@@ -38,12 +38,4 @@ export async function evaluateTokens(
   }
   const meanNll = nll / predicted;
   return { predicted, meanNll, perplexity: Math.exp(meanNll), top1: correct / predicted };
-}
-
-function logSumExp(row: Float32Array): number {
-  let max = -Infinity;
-  for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
-  let sum = 0;
-  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
-  return max + Math.log(sum);
 }

@@ -7,9 +7,9 @@ import { ggufTokenizerMetadata, tokenizerJsonFromBpe, trainByteLevelBpe, type Bp
 import { expectedShapes } from "./config.js";
 import { gguf } from "./gguf.js";
 import { exportGguf, type GgufExportType } from "./gguf-export.js";
-import { f32ArrayToBf16, f32ArrayToF16 } from "./quant.js";
+import { quantize } from "./quant.js";
 import { writeSafetensorsSharded } from "./safetensors.js";
-import type { DType, ModelConfig, RopeScaling } from "./types.js";
+import type { ModelConfig, RopeScaling } from "./types.js";
 import { transpose } from "./transpose.js";
 
 export type FixtureArchitecture = "llama" | "mistral" | "qwen2" | "gpt2";
@@ -106,7 +106,7 @@ export function fixtureConfig(spec: TestModelSpec): ModelConfig {
     numKvHeads: llama ? spec.numKvHeads : spec.numHeads,
     headDim: spec.hiddenSize / spec.numHeads,
     intermediateSize: spec.intermediateSize,
-    normEps: llama ? 1e-5 : 1e-5,
+    normEps: 1e-5,
     maxPositionEmbeddings: spec.maxPositionEmbeddings,
     tieWordEmbeddings: llama ? (spec.tieWordEmbeddings ?? false) : true,
     qkvBias: spec.architecture !== "llama" && spec.architecture !== "mistral",
@@ -176,7 +176,7 @@ export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: H
     const [stored, storedShape] = hf.transposed
       ? [transpose(values, shape[0]!, shape[1]!), [shape[1]!, shape[0]!]]
       : [values, shape];
-    return { name: hf.name, dtype, shape: storedShape, bytes: encodeFloat(stored, dtype) };
+    return { name: hf.name, dtype, shape: storedShape, bytes: quantize(stored, dtype) };
   });
   await writeSafetensorsSharded(dir, tensors, opts.maxShardBytes ?? Number.MAX_SAFE_INTEGER);
   const config = fixtureConfig(spec);
@@ -319,24 +319,6 @@ export async function writeGgufTestModel(file: string, spec: TestModelSpec, opts
     ],
   });
 }
-
-function encodeFloat(values: Float32Array, dtype: DType): Uint8Array {
-  switch (dtype) {
-    case "F32":
-      return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-    case "F16":
-      return bytes16(f32ArrayToF16(values));
-    case "BF16":
-      return bytes16(f32ArrayToBf16(values));
-    default:
-      throw new Error(`fixtures cannot write ${dtype}`);
-  }
-}
-
-function bytes16(x: Uint16Array): Uint8Array {
-  return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-}
-
 
 function hashSeed(seed: number, name: string): number {
   let h = (2166136261 ^ seed) >>> 0;

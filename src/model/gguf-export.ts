@@ -6,7 +6,7 @@ import { dirname } from "node:path";
 import { llama3FreqFactors } from "../engine/rope.js";
 import { expectedShapes } from "./config.js";
 import { gguf, type GgufTyped, writeGguf } from "./gguf.js";
-import { f32ArrayToF16, quantizeQ4_0, quantizeQ8_0 } from "./quant.js";
+import { quantize } from "./quant.js";
 import type { DType, ModelConfig } from "./types.js";
 
 export type GgufExportType = "F32" | "F16" | "Q8_0" | "Q4_0";
@@ -47,13 +47,13 @@ export async function exportGguf(file: string, e: GgufExport): Promise<void> {
         let values = await e.read(name);
         if (permuteQK && name.includes("attn_q.")) values = toAdjacentPairs(values, c.numHeads, c.headDim);
         if (permuteQK && name.includes("attn_k.")) values = toAdjacentPairs(values, c.numKvHeads, c.headDim);
-        return encodeFloat(values, dtype);
+        return quantize(values, dtype);
       },
     };
   });
   if (c.ropeScaling) {
     const factors = llama3FreqFactors(c);
-    tensors.push({ name: "rope_freqs.weight", dtype: "F32", shape: [factors.length], bytes: async () => encodeFloat(factors, "F32") });
+    tensors.push({ name: "rope_freqs.weight", dtype: "F32", shape: [factors.length], bytes: async () => quantize(factors, "F32") });
   }
 
   const metadata: Array<[string, GgufTyped]> = [
@@ -105,21 +105,4 @@ export function toAdjacentPairs(w: Float32Array, heads: number, headDim: number)
     }
   }
   return out;
-}
-
-function encodeFloat(values: Float32Array, dtype: DType): Uint8Array {
-  switch (dtype) {
-    case "F32":
-      return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-    case "F16": {
-      const h = f32ArrayToF16(values);
-      return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
-    }
-    case "Q8_0":
-      return quantizeQ8_0(values);
-    case "Q4_0":
-      return quantizeQ4_0(values);
-    default:
-      throw new Error(`cannot write ${dtype} to GGUF`);
-  }
 }

@@ -113,6 +113,25 @@ export function f32ArrayToBf16(src: Float32Array, out = new Uint16Array(src.leng
  * Decodes `count` elements stored as `dtype` (F32, F16, BF16, Q8_0, Q4_0) into floats.
  * `bytes` may start at any address. Pass `out` to reuse a buffer.
  */
+/** The bytes `values` take when stored as `dtype` (the inverse of dequantize). */
+export function quantize(values: Float32Array, dtype: DType): Uint8Array {
+  const bytes = (v: ArrayBufferView) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  switch (dtype) {
+    case "F32":
+      return bytes(values);
+    case "F16":
+      return bytes(f32ArrayToF16(values));
+    case "BF16":
+      return bytes(f32ArrayToBf16(values));
+    case "Q8_0":
+      return quantizeQ8_0(values);
+    case "Q4_0":
+      return quantizeQ4_0(values);
+    default:
+      throw new RangeError(`cannot store floats as ${dtype}`);
+  }
+}
+
 export function dequantize(dtype: DType, bytes: Uint8Array, count: number, out = new Float32Array(count)): Float32Array {
   if (out.length < count) throw new RangeError(`output holds ${out.length} elements, need ${count}`);
   switch (dtype) {
