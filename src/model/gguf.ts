@@ -35,6 +35,8 @@ export interface GgufFile {
   file: string;
   version: number;
   metadata: Map<string, GgufValue>;
+  /** The GGUF value type of each metadata key (and of its elements, for arrays), to rewrite it as stored. */
+  metadataTypes: Map<string, { type: number; elementType?: number }>;
   tensors: Map<string, TensorInfo>;
   unsupportedTensors: Map<string, GgufUnsupportedTensor>;
   alignment: number;
@@ -296,13 +298,15 @@ export async function readGguf(file: string): Promise<GgufFile> {
     const reader = new ChunkedReader(handle, file, (await handle.stat()).size);
     const { version, tensorCount, kvCount } = await readPreamble(reader);
     const metadata = new Map<string, GgufValue>();
+    const metadataTypes = new Map<string, { type: number; elementType?: number }>();
     let alignment = DEFAULT_ALIGNMENT;
     for (let i = 0; i < kvCount; i++) {
       const key = await reader.string(`metadata key #${i}`);
       await reader.ensure(4, `type of metadata '${key}'`);
       const type = reader.u32();
       if (metadata.has(key)) throw new CheckpointError(`duplicate metadata key '${key}'`, file);
-      const value = await readValue(reader, type, key);
+      const value = await readValue(reader, type, key, (elementType) => metadataTypes.set(key, { type, elementType }));
+      if (!metadataTypes.has(key)) metadataTypes.set(key, { type });
       if (key === "general.alignment") alignment = checkAlignment(type, value, file);
       metadata.set(key, value);
     }
@@ -324,7 +328,7 @@ export async function readGguf(file: string): Promise<GgufFile> {
       }
     }
     checkNoOverlap(extents, file);
-    return { file, version, metadata, tensors, unsupportedTensors, alignment, dataOffset };
+    return { file, version, metadata, metadataTypes, tensors, unsupportedTensors, alignment, dataOffset };
   } finally {
     await handle.close();
   }
@@ -345,9 +349,14 @@ async function readPreamble(reader: ChunkedReader) {
   return { version, tensorCount, kvCount };
 }
 
-async function readValue(reader: ChunkedReader, type: number, key: string): Promise<GgufValue> {
+async function readValue(
+  reader: ChunkedReader,
+  type: number,
+  key: string,
+  onElementType?: (elementType: number) => void,
+): Promise<GgufValue> {
   if (type === VALUE_TYPE.str) return reader.string(`value of '${key}'`);
-  if (type === VALUE_TYPE.arr) return readArray(reader, key);
+  if (type === VALUE_TYPE.arr) return readArray(reader, key, onElementType);
   const size = MIN_VALUE_BYTES[type];
   if (size === undefined) throw new CheckpointError(`metadata '${key}' has unknown value type ${type}`, reader.file);
   await reader.ensure(size, `value of '${key}'`);
@@ -371,9 +380,10 @@ function readScalar(reader: ChunkedReader, type: number): number | bigint | bool
   }
 }
 
-async function readArray(reader: ChunkedReader, key: string): Promise<GgufValue[]> {
+async function readArray(reader: ChunkedReader, key: string, onElementType?: (elementType: number) => void): Promise<GgufValue[]> {
   await reader.ensure(12, `array header of '${key}'`);
   const elementType = reader.u32();
+  onElementType?.(elementType);
   const elementSize = MIN_VALUE_BYTES[elementType];
   if (elementSize === undefined) {
     throw new CheckpointError(`array '${key}' has unknown element type ${elementType}`, reader.file);
@@ -487,6 +497,25 @@ export function ggufTensor(model: GgufFile, name: string): TensorInfo {
 export async function readGgufTensor(model: GgufFile, name: string): Promise<RawTensor> {
   const info = ggufTensor(model, name);
   return { info, bytes: await readTensorBytes(info) };
+}
+
+/**
+ * A metadata entry with the type it is stored as, ready for writeGguf (so a file can be rewritten
+ * with its keys unchanged). Arrays of arrays are not supported.
+ */
+export function typedMetadata(model: GgufFile, key: string): GgufTyped {
+  const value = model.metadata.get(key);
+  const types = model.metadataTypes.get(key);
+  if (value === undefined || !types) throw new CheckpointError(`no metadata key '${key}'`, model.file);
+  const name = (t: number) => (Object.keys(VALUE_TYPE) as (keyof typeof VALUE_TYPE)[]).find((k) => VALUE_TYPE[k] === t);
+  const type = name(types.type);
+  if (type === "arr") {
+    const elementType = types.elementType === undefined ? undefined : name(types.elementType);
+    if (!elementType || elementType === "arr") throw new CheckpointError(`metadata '${key}': arrays of arrays cannot be rewritten`, model.file);
+    return gguf.arr(elementType, value as never[]);
+  }
+  if (!type) throw new CheckpointError(`metadata '${key}' has unknown value type ${types.type}`, model.file);
+  return { type, value } as GgufTyped;
 }
 
 // ---------------------------------------------------------------------------------------------
