@@ -1,7 +1,7 @@
 // Swarm benchmark: per-token decode latency of the shipped model through 1–4 libp2p nodes on
-// loopback (client-relayed) against the in-process engine in the same run, per codec; bytes per
-// hop of a 512-token prefill; and greedy next-token agreement of blockwise 8-bit hops with f32
-// hops over the held-out text.
+// loopback, client-relayed and chained (nodes push to the next node), against the in-process engine
+// in the same run, per codec; bytes per hop of a 512-token prefill; and greedy next-token agreement
+// of blockwise 8-bit hops with f32 hops over the held-out text.
 //   npm run bench -- swarm [--decode 64] [--agreement-tokens 2048]
 import "../src/swarm/node20.js";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type LogitsSession, LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
-import { openCheckpoint } from "../src/model/checkpoint.js";
+import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { SwarmClient } from "../src/swarm/client.js";
@@ -26,6 +26,14 @@ async function decodeMs(session: LogitsSession, prompt: number[], steps: number)
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) logits = await session.append([argmax(logits)]);
   return (performance.now() - t0) / steps;
+}
+
+/** Nodes in this process, joined through the first one's DHT. */
+async function startSwarm(checkpoint: Checkpoint, spans: [number, number][]): Promise<SpanNode[]> {
+  const options = { checkpoint, modelId: "bench", maxSessionLength: 512 };
+  const first = await SpanNode.start({ ...options, start: spans[0]![0], end: spans[0]![1] });
+  const rest = await Promise.all(spans.slice(1).map(([start, end]) => SpanNode.start({ ...options, start, end, bootstrap: first.addresses.slice(0, 1) })));
+  return [first, ...rest];
 }
 
 function evenSpans(blocks: number, nodes: number): [number, number][] {
@@ -46,15 +54,19 @@ export async function main(argv: string[]): Promise<void> {
   console.log(`in-process engine: ${inprocess.toFixed(2)} ms/token`);
 
   const byNodes: Record<string, number> = {};
+  const chainedByNodes: Record<string, number> = {};
   const byCodec: Record<string, number> = {};
   for (const n of [1, 2, 3, 4]) {
-    const nodes = await Promise.all(evenSpans(c.numLayers, n).map(([start, end]) => SpanNode.start({ checkpoint, modelId: "bench", start, end, maxSessionLength: 512 })));
-    for (const codec of (n === 2 ? ["none", "f16", "blockwise8"] : ["none"]) as Codec[]) {
-      const client = await SwarmClient.connect(nodes.flatMap((x) => x.addresses.slice(0, 1)), c, { codec });
-      const ms = await decodeMs(await client.openSession(256), prompt, steps);
-      if (codec === "none") byNodes[n] = ms;
-      if (n === 2) byCodec[codec] = ms;
-      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}: ${ms.toFixed(2)} ms/token`);
+    const nodes = await startSwarm(checkpoint, evenSpans(c.numLayers, n));
+    const runs: { codec: Codec; chained: boolean }[] = [{ codec: "none", chained: false }];
+    if (n > 1) runs.push({ codec: "none", chained: true });
+    if (n === 2) runs.push({ codec: "f16", chained: false }, { codec: "blockwise8", chained: false });
+    for (const { codec, chained } of runs) {
+      const client = await SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec });
+      const ms = await decodeMs(await client.openSession(256, { chained }), prompt, steps);
+      if (codec === "none") (chained ? chainedByNodes : byNodes)[n] = ms;
+      if (n === 2 && !chained) byCodec[codec] = ms;
+      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms.toFixed(2)} ms/token`);
       await client.close();
     }
     for (const node of nodes) await node.stop();
@@ -64,10 +76,10 @@ export async function main(argv: string[]): Promise<void> {
 
   // Teacher-forced greedy agreement: the next-token argmax with blockwise 8-bit hops vs f32 hops.
   const agreementTokens = heldOut.slice(0, Number(values["agreement-tokens"]));
-  const nodes = await Promise.all(evenSpans(c.numLayers, 3).map(([start, end]) => SpanNode.start({ checkpoint, modelId: "bench", start, end, maxSessionLength: 512 })));
+  const nodes = await startSwarm(checkpoint, evenSpans(c.numLayers, 3));
   const predictions: Record<string, number[]> = {};
   for (const codec of ["none", "blockwise8"] as Codec[]) {
-    const client = await SwarmClient.connect(nodes.map((x) => x.addresses[0]!), c, { codec });
+    const client = await SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec });
     const session = await client.openSession(256);
     predictions[codec] = [];
     for (let w = 0; w < agreementTokens.length; w += 256) {
@@ -89,9 +101,10 @@ export async function main(argv: string[]): Promise<void> {
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model, cores: cpus().length, ram_bytes: totalmem(), node: process.version },
     model: { path: "models/tessera-kjv", blocks: c.numLayers, hidden: c.hiddenSize },
-    settings: { decode_steps: steps, transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, client-relayed" },
+    settings: { decode_steps: steps, transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, records from the kad-dht" },
     inprocess_ms_per_token: inprocess,
     ms_per_token_by_nodes: byNodes,
+    chained_ms_per_token_by_nodes: chainedByNodes,
     ms_per_token_by_codec_2_nodes: byCodec,
     hop_overhead_ms: hopOverhead,
     bytes_per_hop_by_codec: { prefill_tokens: 512, ...bytesPerHop },
@@ -99,7 +112,10 @@ export async function main(argv: string[]): Promise<void> {
     blockwise8_greedy_agreement: agree,
     agreement_tokens: predictions.none!.length,
   };
-  console.table({ inprocess: { ms: inprocess }, ...Object.fromEntries(Object.entries(byNodes).map(([k, v]) => [`${k} nodes`, { ms: v }])) });
+  console.table({
+    inprocess: { relayed_ms: inprocess },
+    ...Object.fromEntries(Object.entries(byNodes).map(([k, v]) => [`${k} nodes`, { relayed_ms: v, chained_ms: chainedByNodes[k] }])),
+  });
   console.log(`hop overhead ${hopOverhead.toFixed(2)} ms; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
   mkdirSync(join(here, "results"), { recursive: true });
   writeFileSync(join(here, "results", "swarm.json"), JSON.stringify(result, null, 2) + "\n");

@@ -9,6 +9,7 @@ import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { SwarmClient } from "../src/swarm/client.js";
+import { defaultModelId } from "../src/swarm/model-id.js";
 import { spawnNode } from "../src/swarm/node-process.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
 
@@ -18,9 +19,9 @@ after(() => {
   for (const c of children) c.kill("SIGKILL");
 });
 
-async function startNode(model: string, blocks: string) {
+async function startNode(model: string, blocks: string, bootstrap?: string) {
   const [start, end] = blocks.split(":").map(Number) as [number, number];
-  const node = await spawnNode(model, start, end, ["--max-session", "512"]);
+  const node = await spawnNode(model, start, end, ["--max-session", "512", ...(bootstrap ? ["--bootstrap", bootstrap] : [])]);
   children.push(node.proc);
   return node;
 }
@@ -41,8 +42,9 @@ test("three node processes serve a model; killing one mid-generation changes no 
   }
   await local.release();
 
-  const nodes = await Promise.all([startNode(model, "0:2"), startNode(model, "2:4"), startNode(model, "1:4")]);
-  const client = await SwarmClient.connect(nodes.map((n) => n.addr), checkpoint.config, { stepTimeoutMs: 10_000 });
+  const first = await startNode(model, "0:2");
+  const nodes = [first, ...(await Promise.all([startNode(model, "2:4", first.addr), startNode(model, "1:4", first.addr)]))];
+  const client = await SwarmClient.connect([first.addr], checkpoint.config, { modelId: defaultModelId(model), stepTimeoutMs: 10_000 });
   try {
     const failovers: string[] = [];
     const session = await client.openSession(64, { onFailover: (e) => failovers.push(e.peerId) });

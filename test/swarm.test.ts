@@ -4,30 +4,41 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
+import { identify } from "@libp2p/identify";
+import type { PrivateKey } from "@libp2p/interface";
+import { kadDHT, passthroughMapper } from "@libp2p/kad-dht";
+import { ping } from "@libp2p/ping";
 import { tcp } from "@libp2p/tcp";
 import { lpStream } from "@libp2p/utils";
 import { multiaddr } from "@multiformats/multiaddr";
 import { generateKeyPair } from "@libp2p/crypto/keys";
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { createLibp2p, type Libp2p } from "libp2p";
 import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
+import { announce, DHT_PROTOCOL } from "../src/swarm/dht.js";
+import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { decodeMessage, encodeControl, encodeStep, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
 import { RouteSession } from "../src/swarm/route-session.js";
-import { RECORD_TTL_MS, signRecord, verifyRecord } from "../src/swarm/signed-record.js";
+import type { NodeInfo } from "../src/swarm/protocol.js";
+import { RECORD_TTL_MS, type SignedRecord, signRecord, verifyRecord } from "../src/swarm/signed-record.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
 
 let checkpoint: Checkpoint;
 let nodes: SpanNode[] = [];
-let client: Libp2p;
+let client: SwarmHost;
 
 before(async () => {
   checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
-  const spans: [number, number][] = [[0, 2], [2, 4], [1, 4]];
-  nodes = await Promise.all(spans.map(([start, end]) => SpanNode.start({ checkpoint, modelId: "tiny-llama", start, end, maxSessionLength: 128 })));
-  client = await createLibp2p({ transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
+  const first = await SpanNode.start({ checkpoint, modelId: "tiny-llama", start: 0, end: 2, maxSessionLength: 128 });
+  const spans: [number, number][] = [[2, 4], [1, 4]];
+  const bootstrap = [first.addresses[0]!];
+  nodes = [first, ...(await Promise.all(spans.map(([start, end]) => SpanNode.start({ checkpoint, modelId: "tiny-llama", start, end, maxSessionLength: 128, bootstrap }))))];
+  client = await createSwarmHost({ role: "client" });
+  await joinSwarm(client, bootstrap);
 });
 
 after(async () => {
@@ -35,15 +46,45 @@ after(async () => {
   for (const n of nodes) await n.stop().catch(() => {});
 });
 
-function provider(codec: "none" | "blockwise8" = "none") {
+function provider(codec: "none" | "blockwise8" = "none", extra: { stepTimeoutMs?: number; onRejectedRecord?: (peer: string, reason: string) => void } = {}) {
   const c = checkpoint.config;
-  return new Libp2pSpanProvider(client, nodes.map((n) => n.addresses[0]!), {
+  return new Libp2pSpanProvider(client, {
+    modelId: "tiny-llama",
     codec,
     hiddenSize: c.hiddenSize,
     vocabSize: c.vocabSize,
     numBlocks: c.numLayers,
     stepTimeoutMs: 10_000,
+    ...extra,
   });
+}
+
+const infoOf = (peerId: string, span: Partial<NodeInfo> = {}): NodeInfo => ({
+  peerId, state: "online", modelId: "tiny-llama", checkpointHash: "x", numBlocks: 4, start: 0, end: 4,
+  inferenceRps: 1e6, forwardRps: 1e6, cacheTokensLeft: 1e9, nextPings: {}, linkMbps: 0, version: "x", ...span,
+});
+
+/**
+ * A peer that joins the swarm's DHT with a validator that accepts anything, so it can hold and
+ * serve a record the honest nodes would refuse to store.
+ */
+async function roguePeer(key: PrivateKey, record: (peerId: string) => Promise<SignedRecord>): Promise<Libp2p> {
+  const rogue = await createLibp2p({
+    privateKey: key,
+    addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: {
+      identify: identify(),
+      ping: ping(),
+      dht: kadDHT({ protocol: DHT_PROTOCOL, clientMode: false, peerInfoMapper: passthroughMapper, allowQueryWithZeroPeers: true, validators: { tessera: async () => {} }, selectors: { tessera: () => 0 } }),
+    },
+  });
+  await joinSwarm(rogue as unknown as SwarmHost, [nodes[0]!.addresses[0]!]);
+  const peerId = rogue.peerId.toString();
+  await announce(rogue.services.dht, await record(peerId), peerId, "tiny-llama", [0, 1, 2, 3]).catch(() => {});
+  return rogue;
 }
 
 async function greedy(session: { append(t: number[]): Promise<Float32Array> }, prompt: number[], count: number, onToken?: (i: number) => Promise<void>) {
@@ -72,6 +113,52 @@ test("a route over libp2p nodes generates exactly what the local engine generate
   const agreeing = (await greedy(compressed, prompt, 16)).filter((t, i) => t === expected[i]).length;
   assert.ok(agreeing >= 12, `blockwise 8-bit hops agree on ${agreeing}/16 greedy tokens`);
   compressed.close();
+});
+
+test("chained: nodes push hidden states to the next node themselves; same tokens, even when a node stops mid-generation", async () => {
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 128 });
+  const prompt = sampleTokens(7, 512, 57);
+  const expected = await greedy(local.openSession(64), prompt, 12);
+  await local.release();
+
+  const bootstrap = [nodes[0]!.addresses[0]!];
+  const extra = await Promise.all(([[0, 1], [1, 3], [3, 4], [1, 4]] as const).map(([start, end]) => SpanNode.start({ checkpoint, modelId: "chain", start, end, maxSessionLength: 128, bootstrap })));
+  try {
+    const c = checkpoint.config;
+    const failovers: string[] = [];
+    const p = new Libp2pSpanProvider(client, { modelId: "chain", hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers, stepTimeoutMs: 10_000 });
+    const session = await RouteSession.open(p, { numBlocks: 4, maxLength: 64, chained: true, onFailover: (e) => failovers.push(e.peerId) });
+    assert.ok(session.route.length >= 2);
+    const pushedBefore = extra.reduce((n, x) => n + x.stats.pushedIn, 0);
+    const middle = extra.find((x) => x.info().peerId === session.route[1]!.peerId)!;
+    const tokens = await greedy(session, prompt, 12, async (i) => {
+      if (i === 5) await middle.stop();
+    });
+    assert.deepEqual(tokens, expected);
+    assert.deepEqual(failovers, [middle.info().peerId]);
+    const pushed = extra.reduce((n, x) => n + x.stats.pushedIn, 0) - pushedBefore;
+    assert.ok(pushed >= 10, `hops after the first received their steps from the previous node (${pushed} of 13 pushed)`);
+    session.close();
+  } finally {
+    for (const x of extra) await x.stop().catch(() => {});
+  }
+});
+
+test("records carry RTTs to the next block's holders and the measured link speed", async () => {
+  const c = checkpoint.config;
+  const p = new Libp2pSpanProvider(client, { modelId: "tiny-llama", hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers });
+  const first = nodes[0]!.info().peerId;
+  const holdersOf2 = nodes.filter((n) => n.info().start <= 2 && 2 < n.info().end).map((n) => n.info().peerId);
+  let record;
+  // The first node re-announces (with fresh measurements) when later nodes join the DHT.
+  for (let i = 0; i < 100; i++) {
+    record = (await p.records()).find((r) => r.peerId === first);
+    if (record && Object.keys(record.nextPings).length === holdersOf2.length) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.deepEqual(Object.keys(record!.nextPings).sort(), holdersOf2.sort());
+  for (const rtt of Object.values(record!.nextPings)) assert.ok(rtt >= 0 && rtt < 1, `loopback RTT ${rtt} s`);
+  assert.ok(nodes[0]!.info().linkMbps > 10, `loopback link ${nodes[0]!.info().linkMbps} Mbit/s`);
 });
 
 test("garbage, truncated and out-of-range messages get errors; the node keeps serving", async () => {
@@ -123,6 +210,22 @@ test("when a node stops mid-generation the session re-routes, replays history an
   assert.deepEqual(tokens, expected);
   assert.deepEqual(failovers, ["2-4→2-4"]);
   session.close();
+  const records = await provider().records();
+  assert.ok(!records.some((r) => r.peerId === second), "a node that stops cleanly withdraws its record");
+});
+
+test("a session idle past the timeout is closed with IDLE_TIMEOUT and its cache released", async () => {
+  const node = nodes[0]!;
+  const stream = await client.dialProtocol(multiaddr(node.addresses[0]!), SPAN_PROTOCOL);
+  const lp = lpStream(stream);
+  await lp.write(encodeControl(Kind.Open, { start: 0, end: 2, maxLength: 16, codec: "none" }));
+  assert.equal(decodeMessage((await lp.read()).subarray()).kind, Kind.Opened);
+  const free = node.info().cacheTokensLeft;
+  assert.equal(node.closeIdleSessions(Date.now() + 1000), 0, "not idle yet");
+  assert.equal(node.closeIdleSessions(Date.now() + 3_600_000), 1);
+  const reply = decodeMessage((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray());
+  assert.equal(reply.kind === Kind.Error && reply.error.code, "IDLE_TIMEOUT");
+  assert.equal(node.info().cacheTokensLeft, free + 32);
 });
 
 test("an oversized message closes only its own stream; other sessions go on", async () => {
@@ -138,14 +241,9 @@ test("an oversized message closes only its own stream; other sessions go on", as
 });
 
 test("a node that accepts a session and never answers is timed out and routed around", async () => {
-  // A silent impostor: it advertises blocks [0, 4) on the info protocol and swallows every step.
+  // A silent impostor: it announces blocks [0, 4) with a valid record and swallows every step.
   const key = await generateKeyPair("Ed25519");
-  const silent = await createLibp2p({ privateKey: key, addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
-  await silent.handle("/tessera/info/1.0.0", async (stream) => {
-    const info = { peerId: silent.peerId.toString(), modelId: "x", numBlocks: 4, start: 0, end: 4, inferenceRps: 1e6, forwardRps: 1e6, cacheTokensLeft: 1e9, version: "x" };
-    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(await signRecord(key, info, Date.now()))));
-    await stream.close();
-  });
+  const silent = await roguePeer(key, (peerId) => signRecord(key, infoOf(peerId), Date.now()));
   await silent.handle(SPAN_PROTOCOL, async (stream) => {
     const lp = lpStream(stream);
     await lp.read();
@@ -153,15 +251,8 @@ test("a node that accepts a session and never answers is timed out and routed ar
     await lp.read().catch(() => {}); // never answers the step
   });
   try {
-    const c = checkpoint.config;
-    const p = new Libp2pSpanProvider(client, [silent.getMultiaddrs()[0]!.toString(), ...nodes.map((n) => n.addresses[0]!)], {
-      hiddenSize: c.hiddenSize,
-      vocabSize: c.vocabSize,
-      numBlocks: c.numLayers,
-      stepTimeoutMs: 1000,
-    });
     const failed: string[] = [];
-    const session = await RouteSession.open(p, { numBlocks: 4, maxLength: 32, onFailover: (e) => failed.push(e.peerId) });
+    const session = await RouteSession.open(provider("none", { stepTimeoutMs: 1000 }), { numBlocks: 4, maxLength: 32, onFailover: (e) => failed.push(e.peerId) });
     assert.equal(session.route[0]!.peerId, silent.peerId.toString(), "the impostor looks fastest");
     const logits = await session.append([1, 2, 3]);
     assert.equal(logits.length, 512);
@@ -176,8 +267,7 @@ test("a node that accepts a session and never answers is timed out and routed ar
 test("records are signed by the node's key; forged, expired, future and out-of-range ones are rejected", async () => {
   const key = await generateKeyPair("Ed25519");
   const other = await generateKeyPair("Ed25519");
-  const { peerIdFromPrivateKey } = await import("@libp2p/peer-id");
-  const info = { peerId: peerIdFromPrivateKey(key).toString(), modelId: "m", numBlocks: 8, start: 2, end: 6, inferenceRps: 50, forwardRps: 500, cacheTokensLeft: 1000, version: "v" };
+  const info = { ...infoOf(peerIdFromPrivateKey(key).toString()), numBlocks: 8, start: 2, end: 6, inferenceRps: 50, forwardRps: 500, cacheTokensLeft: 1000 };
   const now = 1_000_000;
   const good = await signRecord(key, info, now);
   const accepted = await verifyRecord(good, now + 1000);
@@ -194,27 +284,50 @@ test("records are signed by the node's key; forged, expired, future and out-of-r
   assert.match(String(await verifyRecord({ record: "{", signature: "00" }, now)), /not JSON/);
   assert.match(String(await verifyRecord(42, now)), /malformed/);
 
-  // Through the provider: a node whose record is forged is left out of routing.
-  const liar = await createLibp2p({ addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] });
-  await liar.handle("/tessera/info/1.0.0", async (stream) => {
-    const claimed = { ...info, peerId: liar.peerId.toString() };
-    await lpStream(stream).write(new TextEncoder().encode(JSON.stringify(await signRecord(other, claimed, Date.now()))));
-    await stream.close();
-  });
+  // Through the DHT: a forged and an expired record are each served by a rogue peer (honest
+  // nodes refuse to store them); the client drops both, saying why, and routes only over honest nodes.
+  const forger = await roguePeer(await generateKeyPair("Ed25519"), (peerId) => signRecord(other, infoOf(peerId), Date.now()));
+  const staleKey = await generateKeyPair("Ed25519");
+  const stale = await roguePeer(staleKey, (peerId) => signRecord(staleKey, infoOf(peerId), Date.now() - 2 * RECORD_TTL_MS));
   try {
-    const c = checkpoint.config;
-    const rejected: string[] = [];
-    const p = new Libp2pSpanProvider(client, [liar.getMultiaddrs()[0]!.toString(), nodes[0]!.addresses[0]!], {
-      hiddenSize: c.hiddenSize,
-      vocabSize: c.vocabSize,
-      numBlocks: c.numLayers,
-      onRejectedRecord: (_, reason) => rejected.push(reason),
-    });
-    const records = await p.records();
-    assert.deepEqual(records.map((r) => r.peerId), [nodes[0]!.info().peerId]);
-    assert.equal(rejected.length, 1);
-    assert.match(rejected[0]!, /signature does not match/);
+    const rejected = new Map<string, string>();
+    const records = await provider("none", { onRejectedRecord: (peer, reason) => rejected.set(peer, reason) }).records();
+    const listed = new Set(records.map((r) => r.peerId));
+    for (const n of nodes.filter((n) => n.libp2p.status === "started")) assert.ok(listed.has(n.info().peerId), "every running node is listed");
+    assert.ok(!listed.has(forger.peerId.toString()) && !listed.has(stale.peerId.toString()));
+    assert.match(rejected.get(forger.peerId.toString()) ?? "", /signature does not match/);
+    assert.match(rejected.get(stale.peerId.toString()) ?? "", /expired/);
   } finally {
-    await liar.stop();
+    await forger.stop();
+    await stale.stop();
+  }
+});
+
+test("rebalancing: a node moves to the swarm's weakest blocks and hands over its open sessions", async () => {
+  // A serves all 4 blocks; B and C both serve [0, 2), so blocks 2-3 have one server and 0-1 three.
+  const options = { checkpoint, modelId: "rebalance", maxSessionLength: 64, bootstrap: [nodes[0]!.addresses[0]!] };
+  const a = await SpanNode.start({ ...options, start: 0, end: 4 });
+  const b = await SpanNode.start({ ...options, start: 0, end: 2 });
+  const mover = await SpanNode.start({ ...options, start: 0, end: 2 });
+  try {
+    // An open session on the mover's old span, mid-way through a sequence.
+    const stream = await client.dialProtocol(multiaddr(mover.addresses[0]!), SPAN_PROTOCOL);
+    const lp = lpStream(stream);
+    await lp.write(encodeControl(Kind.Open, { start: 0, end: 2, maxLength: 16, codec: "none" }));
+    assert.equal(decodeMessage((await lp.read()).subarray()).kind, Kind.Opened);
+    await lp.write(encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, tokens: [1, 2, 3] }));
+    assert.equal(decodeMessage((await lp.read()).subarray()).kind, Kind.Result);
+
+    assert.equal(await mover.rebalanceOnce(() => 0.5), 2);
+    assert.deepEqual([mover.info().start, mover.info().end], [2, 4]);
+    assert.equal(await b.rebalanceOnce(() => 0.5), undefined, "the swarm is balanced now: b stays");
+    await lp.write(encodeStep({ stepId: 2, startFromPosition: 3, allLogits: false, tokens: [4] }));
+    assert.equal(decodeMessage((await lp.read()).subarray()).kind, Kind.Result, "the session opened before the move still runs");
+    const c = checkpoint.config;
+    const records = await new Libp2pSpanProvider(client, { modelId: "rebalance", hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: 4 }).records();
+    assert.deepEqual(records.map((r) => `${r.start}-${r.end}`).sort(), ["0-2", "0-4", "2-4"], "the move is announced");
+    await stream.close();
+  } finally {
+    for (const n of [a, b, mover]) await n.stop();
   }
 });

@@ -1,11 +1,20 @@
 // `tessera demo`: a local swarm of three node processes serving the shipped model in overlapping
-// spans, and a short chat streamed through it.
+// spans, encrypted (EE L1) under a key made fresh for this run, and a short chat streamed through
+// it. The key never leaves this process; the nodes load the encrypted copy and see cipher ids only.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EncryptedSession, VocabCipher } from "../ee/cipher.js";
+import { encryptModel } from "../ee/encrypt-model.js";
+import { newKey, ropeLayoutOf, vocabHash } from "../ee/key.js";
 import { generate } from "../engine/generate.js";
 import { openCheckpoint } from "../model/checkpoint.js";
+import { checkpointHash } from "../model/hash.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
-import { spawnNode, stopNode } from "../swarm/node-process.js";
+import { modelIdFor } from "../swarm/model-id.js";
+import { type NodeProcess, spawnNode, stopNode } from "../swarm/node-process.js";
 
 interface DemoFlags {
   prompt: string;
@@ -15,24 +24,58 @@ interface DemoFlags {
 
 export async function demoCommand(flags: DemoFlags): Promise<void> {
   const checkpoint = await openCheckpoint(SHIPPED_MODEL.hf);
-  const L = checkpoint.config.numLayers;
+  const tokenizer = await loadTokenizer(checkpoint);
+  const c = checkpoint.config;
+  const L = c.numLayers;
   const half = Math.ceil(L / 2);
   const spans: [number, number][] = [[0, half], [half, L], [Math.max(1, half - 2), L]];
-  console.log(`Starting a local swarm of ${spans.length} nodes for the shipped model (${L} blocks)…`);
-  const nodes = await Promise.all(spans.map(([a, b]) => spawnNode(SHIPPED_MODEL.hf, a, b, ["--max-session", "512", "--threads", "1"])));
-  const client = await SwarmClient.connect(nodes.map((n) => n.addr), checkpoint.config, { codec: "blockwise8" });
+
+  // Per-run key rotation: a fresh key, the shipped model encrypted under it into a temporary
+  // folder (with the nodes' span cache, which is worthless once the key is gone), removed at exit.
+  const dir = mkdtempSync(join(tmpdir(), "tessera-demo-"));
+  const cleanup = () => rmSync(dir, { recursive: true, force: true });
+  const onSignal = () => {
+    cleanup();
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  const nodes: NodeProcess[] = [];
+  let client: SwarmClient | undefined;
   try {
+    const key = newKey({ baseModelHash: await checkpointHash(checkpoint), vocabHash: vocabHash(tokenizer), vocabSize: c.vocabSize, level: "L1", ropeLayout: ropeLayoutOf(c) });
+    const encrypted = join(dir, "tessera-kjv-ee");
+    const t0 = performance.now();
+    const { manifest } = await encryptModel({ model: SHIPPED_MODEL.hf, key, level: "L1", out: encrypted });
+    console.log(
+      `Encrypted the shipped model (EE L1, a fresh key for this run) in ${(performance.now() - t0).toFixed(0)} ms; ` +
+        `deployment ${manifest.deploymentId.slice(0, 12)}…`,
+    );
+    console.log(`Starting a local swarm of ${spans.length} nodes serving the encrypted copy (${L} blocks)…`);
+    process.env.TESSERA_CACHE = join(dir, "cache");
+    const args = ["--max-session", "512", "--threads", "1"];
+    // The first node starts the swarm; the others join through it, and so does the client.
+    const first = await spawnNode(encrypted, ...spans[0]!, args);
+    nodes.push(first);
+    nodes.push(...(await Promise.all(spans.slice(1).map(([a, b]) => spawnNode(encrypted, a, b, [...args, "--bootstrap", first.addr])))));
+    // The nodes announce under the manifest's deployment id; the client derives it from the key.
+    client = await SwarmClient.connect([first.addr], c, { modelId: await modelIdFor(encrypted), codec: "blockwise8" });
+
     const records = await client.provider.records();
     for (const [i, [a, b]] of spans.entries()) {
       const peer = records.find((r) => r.start === a && r.end === b)?.peerId ?? "?";
       console.log(`  node ${i + 1}  ${shortId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
     }
-    const tokenizer = await loadTokenizer(checkpoint);
-    const session = await client.openSession(512);
-    console.log(`route: ${session.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit)`);
+    const route = await client.openSession(512);
+    console.log(`route: ${route.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit, pushed node to node)`);
+    const cipher = VocabCipher.fromKey(key, tokenizer);
+    const session = new EncryptedSession(route, cipher);
+
+    const prompt = tokenizer.encode(tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true }), { addSpecial: false });
+    console.log(`prompt ids, plain:    ${idList(prompt)}`);
+    console.log(`what node 1 receives: ${idList(cipher.encrypt(prompt))}`);
     console.log(`\nuser: ${flags.prompt}\nassistant: `);
-    const prompt = tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true });
-    const result = await generate(session, tokenizer, tokenizer.encode(prompt, { addSpecial: false }), {
+    const result = await generate(session, tokenizer, prompt, {
       maxTokens: flags.maxTokens,
       sampling: { temperature: 0.7, topK: 40, topP: 0.95, repetitionPenalty: 1.1 },
       seed: flags.seed,
@@ -45,10 +88,17 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
     );
     session.close();
   } finally {
-    await client.close();
+    await client?.close();
     await Promise.all(nodes.map((n) => stopNode(n.proc)));
+    cleanup();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
     console.log("swarm stopped");
   }
+}
+
+function idList(ids: readonly number[], show = 10): string {
+  return ids.slice(0, show).map((id) => String(id).padStart(5)).join(" ") + (ids.length > show ? "  …" : "");
 }
 
 function shortId(peerId: string): string {

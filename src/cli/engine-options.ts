@@ -2,7 +2,7 @@
 import { type Command, Option } from "commander";
 import { LocalPipeline, type PipelineOptions } from "../engine/pipeline.js";
 import type { WeightFormat } from "../engine/weights.js";
-import { openCheckpoint } from "../model/checkpoint.js";
+import { type Checkpoint, openCheckpoint } from "../model/checkpoint.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { intArg, intListArg } from "./args.js";
@@ -27,7 +27,13 @@ export function addEngineOptions(command: Command): Command {
 export async function loadLocalModel(flags: EngineFlags, opts: { showProgress: boolean } & Pick<PipelineOptions, "maxSequence">) {
   const checkpoint = await openCheckpoint(flags.model);
   const tokenizer = await loadTokenizer(checkpoint);
-  const pipeline = await withProgress(`loading ${checkpoint.config.numLayers} blocks`, opts.showProgress, (onProgress) =>
+  const pipeline = await loadPipeline(checkpoint, flags, opts);
+  return { checkpoint, tokenizer, pipeline };
+}
+
+/** Loads the pipeline of an open checkpoint (one without a tokenizer too, e.g. an encrypted one). */
+export function loadPipeline(checkpoint: Checkpoint, flags: EngineFlags, opts: { showProgress: boolean } & Pick<PipelineOptions, "maxSequence">) {
+  return withProgress(`loading ${checkpoint.config.numLayers} blocks`, opts.showProgress, (onProgress) =>
     LocalPipeline.load(checkpoint, {
       format: flags.weights,
       splits: flags.splits ? intListArg(flags.splits) : undefined,
@@ -36,5 +42,4 @@ export async function loadLocalModel(flags: EngineFlags, opts: { showProgress: b
       onProgress,
     }),
   );
-  return { checkpoint, tokenizer, pipeline };
 }

@@ -1,10 +1,16 @@
+import { EncryptedSession, VocabCipher } from "../ee/cipher.js";
+import { deploymentId, EeKeyError, readKeyFile, vocabHash } from "../ee/key.js";
+import { manifestFileFor, readManifestFor } from "../ee/manifest.js";
 import { generate } from "../engine/generate.js";
 import type { LogitsSession } from "../engine/pipeline.js";
 import { openCheckpoint } from "../model/checkpoint.js";
-import { loadTokenizer } from "../model/tokenizer.js";
+import { loadTokenizer, type Tokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
+import { defaultModelId } from "../swarm/model-id.js";
+import { MissingBlocksError } from "../swarm/records.js";
+import type { RouteSession } from "../swarm/route-session.js";
 import type { Codec } from "../wire/tensor-frame.js";
-import { type EngineFlags, loadLocalModel } from "./engine-options.js";
+import { type EngineFlags, loadLocalModel, loadPipeline } from "./engine-options.js";
 
 interface GenerateFlags extends EngineFlags {
   prompt: string;
@@ -22,6 +28,11 @@ interface GenerateFlags extends EngineFlags {
   json?: boolean;
   swarm: string[];
   codec: Codec;
+  modelId?: string;
+  relay?: boolean;
+  /** EE key file: the nodes (or --encrypted-model) run the checkpoint encrypted with it. */
+  key?: string;
+  encryptedModel?: string;
 }
 
 export async function generateCommand(flags: GenerateFlags): Promise<void> {
@@ -62,21 +73,85 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
 }
 
 async function localSession(flags: GenerateFlags) {
+  if (flags.key) return encryptedLocalSession(flags, flags.key);
+  if (flags.encryptedModel) throw new EeKeyError("--encrypted-model needs --key FILE, the key it was encrypted with");
   const { tokenizer, pipeline } = await loadLocalModel(flags, { showProgress: !flags.json });
   const session: LogitsSession = pipeline.openSession();
   return { tokenizer, session, done: () => pipeline.release() };
 }
 
-/** The client keeps the tokenizer and sampling; the nodes at --swarm run every block. */
+/**
+ * --key without --swarm: the encrypted checkpoint runs on this machine (a check of a deployment
+ * before serving it); the plaintext --model gives the tokenizer.
+ */
+async function encryptedLocalSession(flags: GenerateFlags, keyFile: string) {
+  const encrypted = flags.encryptedModel;
+  if (!encrypted) {
+    throw new EeKeyError("--key runs through nodes serving the encrypted checkpoint (--swarm ADDR) or on this machine with --encrypted-model PATH");
+  }
+  const plain = await openCheckpoint(flags.model);
+  const tokenizer = await loadTokenizer(plain);
+  const { key, cipher } = await clientCipher(keyFile, flags.model, plain.config.vocabSize, tokenizer);
+  const manifest = await readManifestFor(encrypted);
+  if (!manifest) throw new EeKeyError(`${encrypted}: not an encrypted checkpoint (no ${manifestFileFor(encrypted)}; see tessera encrypt-model)`);
+  if (manifest.deploymentId !== deploymentId(key)) {
+    throw new EeKeyError(`${keyFile} is not the key ${encrypted} was encrypted with (deployment ${short(deploymentId(key))}, the manifest says ${short(manifest.deploymentId)})`);
+  }
+  const pipeline = await loadPipeline(await openCheckpoint(encrypted), flags, { showProgress: !flags.json });
+  const session: LogitsSession = new EncryptedSession(pipeline.openSession(), cipher);
+  return { tokenizer, session, done: () => pipeline.release() };
+}
+
+/**
+ * The client keeps the tokenizer and sampling; the nodes at --swarm run every block. With --key
+ * the nodes serve the encrypted checkpoint and only ever see cipher ids: the session encrypts the
+ * ids it sends and puts the logits back in plaintext order, so EOS, stop strings and sampling
+ * stay on this side, in plaintext.
+ */
 async function swarmSession(flags: GenerateFlags) {
+  if (flags.encryptedModel) throw new EeKeyError("--encrypted-model runs on this machine; with --swarm the nodes hold the encrypted checkpoint");
   const checkpoint = await openCheckpoint(flags.model);
   const tokenizer = await loadTokenizer(checkpoint);
-  const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { codec: flags.codec });
-  const session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, 2048), {
-    onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
-  });
-  if (!flags.json) {
-    console.error(`[route: ${session.route.map((h) => `${h.peerId.slice(-6)} [${h.start},${h.end})`).join(" → ")}]`);
+  const ee = flags.key ? await clientCipher(flags.key, flags.model, checkpoint.config.vocabSize, tokenizer) : undefined;
+  const modelId = flags.modelId ?? (ee ? deploymentId(ee.key) : defaultModelId(flags.model));
+  const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { modelId, codec: flags.codec });
+  let session: RouteSession;
+  try {
+    session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, 2048), {
+      chained: !flags.relay,
+      onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
+    });
+  } catch (e) {
+    await client.close();
+    if (!(e instanceof MissingBlocksError)) throw e;
+    const all = e.blocks.length === checkpoint.config.numLayers;
+    const where = flags.modelId
+      ? "(--model-id)"
+      : ee
+        ? `(the deployment id of ${flags.key}: do the nodes serve the checkpoint encrypted with this key?)`
+        : "(the checkpoint's name; encrypted checkpoints are announced under their deployment id: pass --key)";
+    e.message = `${all ? "no node" : `no reachable node for block${e.blocks.length > 1 ? "s" : ""} ${e.blocks.join(", ")}`} found through ${flags.swarm.join(", ")} under model id ${modelId} ${where}`;
+    throw e;
   }
-  return { tokenizer, session: session as LogitsSession, done: () => client.close() };
+  if (!flags.json) {
+    console.error(`[route: ${session.route.map((h) => `${h.peerId.slice(-6)} [${h.start},${h.end})`).join(" → ")}${ee ? `; encrypted (${ee.key.level}), deployment ${short(modelId)}` : ""}]`);
+  }
+  const inner: LogitsSession = session;
+  return { tokenizer, session: ee ? new EncryptedSession(inner, ee.cipher) : inner, done: () => client.close() };
+}
+
+/** Reads a key file and checks that it was made for the plaintext model the client tokenizes with. */
+async function clientCipher(keyFile: string, model: string, vocabSize: number, tokenizer: Tokenizer) {
+  const key = await readKeyFile(keyFile);
+  if (key.vocabSize !== vocabSize) {
+    throw new EeKeyError(`${keyFile} is not a key for ${model}: it is for a vocabulary of ${key.vocabSize} rows, the model has ${vocabSize}`);
+  }
+  if (key.vocabHash !== vocabHash(tokenizer)) {
+    throw new EeKeyError(`${keyFile} is not a key for ${model}: it was made for another tokenizer (vocabHash ${short(key.vocabHash)}, this model's is ${short(vocabHash(tokenizer))})`);
+  }
+  return { key, cipher: VocabCipher.fromKey(key) };
+}
+
+function short(hex: string): string {
+  return `${hex.slice(0, 16)}…`;
 }

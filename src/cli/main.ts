@@ -4,6 +4,7 @@ import { SHIPPED_MODEL } from "../model/shipped.js";
 import { floatArg, intArg } from "./args.js";
 import { convertCommand } from "./convert.js";
 import { demoCommand } from "./demo.js";
+import { encryptModelCommand } from "./encrypt-model.js";
 import { addEngineOptions } from "./engine-options.js";
 import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
@@ -38,6 +39,10 @@ addEngineOptions(
   .option("--json", "print one JSON object with tokens, text and timings instead of streaming")
   .option("--swarm <multiaddr>", "run through the swarm's nodes at these addresses (repeatable); the tokenizer stays local", collect, [])
   .addOption(new Option("--codec <codec>", "hidden-state codec on swarm hops").choices(["none", "f16", "blockwise8"]).default("none"))
+  .option("--relay", "with --swarm: the client relays hidden states between nodes instead of nodes pushing them to the next node")
+  .option("--model-id <id>", "with --swarm: the name the nodes announce the model under (default: the checkpoint's name, or the key's deployment id)")
+  .option("--key <file>", "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here")
+  .option("--encrypted-model <path>", "with --key and no --swarm: run this encrypted checkpoint on this machine")
   .action(generateCommand);
 
 addEngineOptions(program.command("node").description("serve a span of blocks to the swarm over libp2p"))
@@ -47,6 +52,8 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--port <n>", "TCP port (0: any free one)", intArg, 0)
   .option("--host <ip>", "address to listen on", "127.0.0.1")
   .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)
+  .option("--model-id <id>", "name to announce the blocks under (default: the checkpoint's name)")
+  .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
   .action(nodeCommand);
 
 program
@@ -83,6 +90,15 @@ program
   .requiredOption("-o, --out <file>", "output .gguf file")
   .addOption(new Option("--dtype <dtype>", "stored weight type").choices(["F32", "F16", "Q8_0", "Q4_0"]).default("F16"))
   .action(convertCommand);
+
+program
+  .command("encrypt-model")
+  .description("write the equivariant encryption of a checkpoint (no tokenizer) and its public manifest")
+  .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
+  .requiredOption("--key <file>", "key file; created (mode 0600) when it does not exist")
+  .addOption(new Option("--level <level>", "L0: vocabulary only; L1: vocabulary and every hidden basis").choices(["L0", "L1"]).makeOptionMandatory())
+  .requiredOption("-o, --out <path>", "output folder (Hugging Face input) or .gguf file (GGUF input)")
+  .action(encryptModelCommand);
 
 program
   .command("inspect")

@@ -4,6 +4,7 @@ import type { ModelConfig } from "../model/types.js";
 import { blocksThatFit } from "../swarm/capacity.js";
 import { SwarmClient } from "../swarm/client.js";
 import { SpanNode } from "../swarm/node.js";
+import { modelIdFor } from "../swarm/model-id.js";
 import { chooseBlocks } from "../swarm/placement.js";
 
 /** KV budget per block, in tokens (Petals' default for GQA models is 16384). */
@@ -19,16 +20,20 @@ interface NodeFlags {
   maxSession: number;
   bootstrap: string[];
   maxBlocks?: number;
+  modelId?: string;
+  rebalanceInterval: number;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
 export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const checkpoint = await openCheckpoint(flags.model);
   const L = checkpoint.config.numLayers;
-  const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, checkpoint.config) : parseSpan(flags.blocks);
+  const modelId = flags.modelId ?? (await modelIdFor(flags.model));
+  const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, modelId, checkpoint.config) : parseSpan(flags.blocks);
   const node = await SpanNode.start({
     checkpoint,
-    modelId: checkpoint.path,
+    modelId,
+    bootstrap: flags.bootstrap,
     start,
     end: Math.min(end, L),
     cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),
@@ -37,8 +42,11 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     maxSessionLength: flags.maxSession,
     listen: [`/ip4/${flags.host}/tcp/${flags.port}`],
   });
-  console.log(`serving blocks [${start}, ${Math.min(end, L)}) of ${L}`);
+  console.log(`serving blocks [${start}, ${Math.min(end, L)}) of ${L} of ${modelId}`);
   for (const addr of node.addresses) console.log(`listening ${addr}`);
+  if (flags.blocks === "auto" && flags.rebalanceInterval > 0) {
+    node.rebalanceEvery(flags.rebalanceInterval * 1000, Math.random, (a, b) => console.log(`rebalanced: now serving blocks [${a}, ${b})`));
+  }
   const shutdown = async () => {
     await node.stop();
     process.exit(0);
@@ -54,12 +62,12 @@ function parseSpan(blocks: string): [number, number] {
 }
 
 /** As many blocks as free memory allows, placed on the swarm's weakest blocks. */
-async function chooseSpan(flags: NodeFlags, config: ModelConfig): Promise<[number, number]> {
+async function chooseSpan(flags: NodeFlags, modelId: string, config: ModelConfig): Promise<[number, number]> {
   const { freemem } = await import("node:os");
   const capacity = Math.min(blocksThatFit(config, flags.weights, freemem(), CACHE_TOKENS), flags.maxBlocks ?? Infinity);
   let records: Awaited<ReturnType<SwarmClient["provider"]["records"]>> = [];
   if (flags.bootstrap.length) {
-    const client = await SwarmClient.connect(flags.bootstrap, config);
+    const client = await SwarmClient.connect(flags.bootstrap, config, { modelId });
     records = await client.provider.records();
     await client.close();
   }

@@ -1,34 +1,33 @@
-// A swarm client: its own libp2p host, the span provider over the given bootstrap addresses, and
-// route sessions for generation.
+// A swarm client: its own libp2p host joined to the swarm through bootstrap peers, the span
+// provider over the DHT, and route sessions for generation.
 import "./node20.js";
-import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
-import { identify } from "@libp2p/identify";
-import { ping } from "@libp2p/ping";
-import { tcp } from "@libp2p/tcp";
-import { createLibp2p, type Libp2p } from "libp2p";
 import type { ModelConfig } from "../model/types.js";
 import type { Codec } from "../wire/tensor-frame.js";
-import { Libp2pSpanProvider } from "./libp2p-provider.js";
+import { createSwarmHost, joinSwarm, type SwarmHost } from "./host.js";
+import { Libp2pSpanProvider, type ProviderOptions } from "./libp2p-provider.js";
 import { RouteSession, type RouteSessionOptions } from "./route-session.js";
 
 export class SwarmClient {
   private constructor(
-    readonly libp2p: Libp2p,
+    readonly libp2p: SwarmHost,
     readonly provider: Libp2pSpanProvider,
     private readonly config: ModelConfig,
   ) {}
 
-  static async connect(bootstrap: string[], config: ModelConfig, opts: { codec?: Codec; stepTimeoutMs?: number } = {}): Promise<SwarmClient> {
-    const libp2p = await createLibp2p({
-      transports: [tcp()],
-      connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
-      services: { identify: identify(), ping: ping() },
-    });
-    const provider = new Libp2pSpanProvider(libp2p, bootstrap, {
-      codec: opts.codec,
-      stepTimeoutMs: opts.stepTimeoutMs,
+  static async connect(
+    bootstrap: string[],
+    config: ModelConfig,
+    opts: { modelId: string; codec?: Codec; stepTimeoutMs?: number } & Partial<ProviderOptions>,
+  ): Promise<SwarmClient> {
+    const libp2p = await createSwarmHost({ role: "client" });
+    try {
+      await joinSwarm(libp2p, bootstrap);
+    } catch (e) {
+      await libp2p.stop();
+      throw e;
+    }
+    const provider = new Libp2pSpanProvider(libp2p, {
+      ...opts,
       hiddenSize: config.hiddenSize,
       vocabSize: config.vocabSize,
       numBlocks: config.numLayers,
@@ -36,8 +35,9 @@ export class SwarmClient {
     return new SwarmClient(libp2p, provider, config);
   }
 
+  /** A route session; nodes push hidden states to each other (chained) unless `chained: false`. */
   openSession(maxLength: number, opts: Partial<RouteSessionOptions> = {}): Promise<RouteSession> {
-    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, ...opts });
+    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, chained: true, ...opts });
   }
 
   async close(): Promise<void> {

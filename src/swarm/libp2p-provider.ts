@@ -1,16 +1,29 @@
-// The client's view of the swarm over js-libp2p: node records from the info protocol, RTTs from
-// ping, and span sessions as streams of the span protocol.
+// The client's view of the swarm over js-libp2p: node records from the DHT (verified here, under
+// the client's clock), RTTs from ping, and span sessions as streams of the span protocol.
 import "./node20.js";
+import { randomBytes } from "node:crypto";
 import type { Stream } from "@libp2p/interface";
+import { peerIdFromString } from "@libp2p/peer-id";
 import { lpStream } from "@libp2p/utils";
-import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
-import type { Libp2p } from "libp2p";
+import type { Multiaddr } from "@multiformats/multiaddr";
 import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
 import type { Codec } from "../wire/tensor-frame.js";
-import { decodeMessage, encodeControl, encodeStep, INFO_PROTOCOL, Kind, MAX_MESSAGE_BYTES, type NodeInfo, SPAN_PROTOCOL } from "./protocol.js";
-import { verifyRecord } from "./signed-record.js";
+import { blockHolders, fetchRecord } from "./dht.js";
+import type { SwarmHost } from "./host.js";
+import { decodeMessage, encodeControl, encodeStep, Kind, type LinkRequest, MAX_MESSAGE_BYTES, type Message, type PushTarget, SPAN_PROTOCOL } from "./protocol.js";
+import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
-import type { RemoteSpan, SpanProvider } from "./route-session.js";
+import type { RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
+
+/**
+ * Tokens/s a node can serve: its measured decode rate, capped by what its link carries when that
+ * was measured (hidden states at 16 bits per value, as Petals counts them).
+ */
+export function spanThroughput(info: Pick<RecordBody, "inferenceRps" | "linkMbps">, hiddenSize: number): number {
+  const compute = info.inferenceRps || 1;
+  if (!(info.linkMbps > 0)) return compute;
+  return Math.min(compute, (info.linkMbps * 1e6) / (16 * hiddenSize));
+}
 
 /** A node answered a step with an error, or broke the protocol. */
 export class SpanFailure extends Error {
@@ -25,68 +38,78 @@ export class SpanFailure extends Error {
 }
 
 export interface ProviderOptions {
+  /** The model whose blocks to look for in the DHT. */
+  modelId: string;
   /** Codec for hidden states the client sends and nodes return. */
   codec?: Codec;
   /** Per-step deadline; a node slower than this is treated as failed. */
   stepTimeoutMs?: number;
+  /** Deadline for one round of DHT lookups. */
+  discoveryTimeoutMs?: number;
   hiddenSize: number;
   vocabSize: number;
   numBlocks: number;
-  /** Called with the reason a node's record was dropped (forged, expired, out of range). */
-  onRejectedRecord?: (addr: string, reason: string) => void;
+  /** Called with the reason a node's record was dropped (forged, expired, out of range, other model). */
+  onRejectedRecord?: (peerId: string, reason: string) => void;
   now?: () => number;
 }
 
 export class Libp2pSpanProvider implements SpanProvider {
-  private known = new Map<string, { addr: Multiaddr; info?: NodeInfo; rtt?: number }>();
+  private known = new Map<string, { info: RecordBody; rtt?: number }>();
 
   constructor(
-    private readonly libp2p: Libp2p,
-    bootstrap: string[],
+    private readonly host: SwarmHost,
     private readonly opts: ProviderOptions,
-  ) {
-    for (const a of bootstrap) this.known.set(a, { addr: multiaddr(a) });
+  ) {}
+
+  /** Looks up the holders of every block in the DHT and returns their verified, online records. */
+  async records(): Promise<SpanRecord[]> {
+    const { dht } = this.host.services;
+    const signal = AbortSignal.timeout(this.opts.discoveryTimeoutMs ?? 10_000);
+    const holders = new Map<string, Multiaddr[]>();
+    const perBlock = await Promise.all(
+      Array.from({ length: this.opts.numBlocks }, (_, b) => blockHolders(dht, this.opts.modelId, b, signal).catch(() => new Map<string, Multiaddr[]>())),
+    );
+    for (const found of perBlock) for (const [peer, addrs] of found) holders.set(peer, [...(holders.get(peer) ?? []), ...addrs]);
+    holders.delete(this.host.peerId.toString());
+
+    this.known.clear();
+    await Promise.all([...holders].map(([peer, addrs]) => this.admit(peer, addrs, signal)));
+    return [...this.known.values()]
+      .map(({ info }) => ({
+        peerId: info.peerId,
+        start: info.start,
+        end: info.end,
+        state: "online" as const,
+        throughput: spanThroughput(info, this.opts.hiddenSize),
+        inferenceRps: info.inferenceRps || undefined,
+        cacheTokensLeft: info.cacheTokensLeft,
+        nextPings: info.nextPings,
+      }))
+      .sort((a, b) => a.peerId.localeCompare(b.peerId));
   }
 
-  /** Asks every known node for its info; unreachable nodes are left out. */
-  async records(): Promise<SpanRecord[]> {
-    const records: SpanRecord[] = [];
-    await Promise.all(
-      [...this.known.values()].map(async (entry) => {
-        try {
-          const t0 = performance.now();
-          const stream = await this.libp2p.dialProtocol(entry.addr, INFO_PROTOCOL, { signal: AbortSignal.timeout(5000) });
-          const bytes = (await lpStream(stream).read({ signal: AbortSignal.timeout(5000) })).subarray();
-          entry.rtt = (performance.now() - t0) / 1000;
-          await stream.close().catch(() => {});
-          const info = await verifyRecord(JSON.parse(new TextDecoder().decode(bytes)), this.now());
-          if (typeof info === "string") {
-            this.opts.onRejectedRecord?.(entry.addr.toString(), info);
-            entry.info = undefined;
-            return;
-          }
-          const dialed = entry.addr.getComponents().find((c) => c.name === "p2p")?.value;
-          if (dialed && info.peerId !== dialed) {
-            this.opts.onRejectedRecord?.(entry.addr.toString(), "record of another peer");
-            return;
-          }
-          entry.info = info;
-          records.push({
-            peerId: info.peerId,
-            start: info.start,
-            end: info.end,
-            state: "online",
-            throughput: info.inferenceRps || 1,
-            inferenceRps: info.inferenceRps || undefined,
-            cacheTokensLeft: info.cacheTokensLeft,
-            nextPings: {},
-          });
-        } catch {
-          entry.info = undefined;
-        }
-      }),
-    );
-    return records;
+  /** Fetches, verifies and pings one block holder; keeps it if it is an online server of our model. */
+  private async admit(peerId: string, addrs: Multiaddr[], signal: AbortSignal): Promise<void> {
+    const reject = (reason: string) => this.opts.onRejectedRecord?.(peerId, reason);
+    const raw = await fetchRecord(this.host.services.dht, peerId, signal);
+    if (raw === undefined) return reject("no record in the DHT");
+    const info = await verifyRecord(raw, this.now());
+    if (typeof info === "string") return reject(info);
+    if (info.peerId !== peerId) return reject(`record of ${info.peerId} announced by ${peerId}`);
+    if (info.modelId !== this.opts.modelId || info.numBlocks !== this.opts.numBlocks) {
+      return reject(`serves ${info.modelId} with ${info.numBlocks} blocks, not ${this.opts.modelId} with ${this.opts.numBlocks}`);
+    }
+    if (info.state !== "online") return;
+    const id = peerIdFromString(peerId);
+    if (addrs.length) await this.host.peerStore.merge(id, { multiaddrs: addrs }).catch(() => {});
+    let rtt: number | undefined;
+    try {
+      rtt = (await this.host.services.ping.ping(id, { signal: AbortSignal.timeout(2000) })) / 1000;
+    } catch {
+      // unreachable for now: routing assumes a default RTT, and opening a session will tell
+    }
+    this.known.set(peerId, { info, rtt });
   }
 
   private now(): number {
@@ -95,15 +118,21 @@ export class Libp2pSpanProvider implements SpanProvider {
 
   rtts(): ReadonlyMap<string, number> {
     const m = new Map<string, number>();
-    for (const e of this.known.values()) if (e.info && e.rtt !== undefined) m.set(e.info.peerId, e.rtt);
+    for (const [peer, e] of this.known) if (e.rtt !== undefined) m.set(peer, e.rtt);
     return m;
   }
 
   async open(hop: Hop, maxLength: number): Promise<RemoteSpan> {
-    const entry = [...this.known.values()].find((e) => e.info?.peerId === hop.peerId);
-    if (!entry) throw new SpanFailure(hop.peerId, "UNKNOWN_PEER", "no address known");
-    const stream = await this.libp2p.dialProtocol(entry.addr, SPAN_PROTOCOL, { signal: AbortSignal.timeout(5000) });
-    return RemoteSpanStream.open(stream, hop, maxLength, this.opts);
+    if (!this.known.has(hop.peerId)) throw new SpanFailure(hop.peerId, "UNKNOWN_PEER", "no record known for this peer");
+    let stream: Stream;
+    try {
+      stream = await this.host.dialProtocol(peerIdFromString(hop.peerId), SPAN_PROTOCOL, { signal: AbortSignal.timeout(5000) });
+    } catch (e) {
+      throw new SpanFailure(hop.peerId, "UNREACHABLE", (e as Error).message);
+    }
+    const known = await this.host.peerStore.get(peerIdFromString(hop.peerId)).catch(() => undefined);
+    const addrs = (known?.addresses ?? []).map((a) => a.multiaddr.toString());
+    return RemoteSpanStream.open(stream, hop, maxLength, this.opts, addrs);
   }
 }
 
@@ -111,34 +140,54 @@ class RemoteSpanStream implements RemoteSpan {
   private position = 0;
   private nextStep = 1;
   private readonly lp;
+  readonly sessionId = randomBytes(16).toString("hex");
+  private inbox: (Uint8Array | Error)[] = [];
+  private waiting?: (m: Uint8Array | Error) => void;
 
   private constructor(
     private readonly stream: Stream,
     private readonly hop: Hop,
     private readonly opts: ProviderOptions,
+    private readonly addrs: string[],
   ) {
     stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
     this.lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
+    void this.readLoop();
   }
 
-  static async open(stream: Stream, hop: Hop, maxLength: number, opts: ProviderOptions): Promise<RemoteSpanStream> {
-    const span = new RemoteSpanStream(stream, hop, opts);
-    await span.lp.write(encodeControl(Kind.Open, { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none" }));
+  static async open(stream: Stream, hop: Hop, maxLength: number, opts: ProviderOptions, addrs: string[]): Promise<RemoteSpanStream> {
+    const span = new RemoteSpanStream(stream, hop, opts, addrs);
+    await span.lp.write(encodeControl(Kind.Open, { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none", sessionId: span.sessionId }));
     const reply = await span.receive();
     if (reply.kind !== Kind.Opened) span.fail("UNEXPECTED", `expected an opened message, got kind ${reply.kind}`);
     return span;
   }
 
-  async forward(input: ForwardInput, opts: { allLogits?: boolean }): Promise<ForwardOutput> {
-    const stepId = this.nextStep++;
+  readonly chain = {
+    target: (): PushTarget => ({ peerId: this.hop.peerId, sessionId: this.sessionId, addrs: this.addrs }),
+    link: async (link: LinkRequest) => {
+      await this.lp.write(encodeControl(Kind.Link, link));
+    },
+    pushed: async (stepId: number, count: number, allLogits: boolean, graceMs: number): Promise<ForwardOutput | undefined> => {
+      const reply = await this.receive(graceMs);
+      if (!reply) return undefined;
+      return this.result(reply, stepId, count, allLogits);
+    },
+  };
+
+  async forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput> {
+    const stepId = opts.stepId ?? this.nextStep++;
     const count = input.tokens ? input.tokens.length : input.hidden!.length / this.opts.hiddenSize;
     const hidden = input.hidden && { data: input.hidden, shape: [1, count, this.opts.hiddenSize], codec: this.opts.codec ?? "none" };
-    await this.lp.write(encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), tokens: input.tokens, hidden }));
-    const reply = await this.receive();
+    await this.lp.write(encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }));
+    return this.result(await this.receive(), stepId, count, Boolean(opts.allLogits));
+  }
+
+  private result(reply: Message, stepId: number, count: number, allLogits: boolean): ForwardOutput {
     if (reply.kind !== Kind.Result || reply.result.stepId !== stepId) this.fail("UNEXPECTED", `expected the result of step ${stepId}`);
     const { data, shape } = reply.result.tensor;
     const head = this.hop.end === this.opts.numBlocks;
-    const [width, rows] = head ? [this.opts.vocabSize, opts.allLogits ? count : 1] : [this.opts.hiddenSize, count];
+    const [width, rows] = head ? [this.opts.vocabSize, allLogits ? count : 1] : [this.opts.hiddenSize, count];
     if (shape.length !== 3 || shape[0] !== 1 || shape[1] !== rows || shape[2] !== width) {
       this.fail("BAD_SHAPE", `result of shape [${shape}] for ${count} tokens, expected [1, ${rows}, ${width}]`);
     }
@@ -155,17 +204,54 @@ class RemoteSpanStream implements RemoteSpan {
     await this.stream.close().catch(() => this.stream.abort(new Error("closing")));
   }
 
-  private async receive() {
-    let bytes: Uint8Array;
-    try {
-      bytes = (await this.lp.read({ signal: AbortSignal.timeout(this.opts.stepTimeoutMs ?? 30_000) })).subarray();
-    } catch (e) {
-      this.stream.abort(e as Error);
-      return this.fail("UNREACHABLE", (e as Error).message);
+  /** Reads every message into the inbox, so a wait can time out without losing a late reply. */
+  private async readLoop(): Promise<void> {
+    for (;;) {
+      let item: Uint8Array | Error;
+      try {
+        item = (await this.lp.read()).subarray();
+      } catch (e) {
+        item = e instanceof Error ? e : new Error(String(e));
+      }
+      if (this.waiting) {
+        const w = this.waiting;
+        this.waiting = undefined;
+        w(item);
+      } else this.inbox.push(item);
+      if (item instanceof Error) return;
+    }
+  }
+
+  /** The next message; with `graceMs`, undefined when none came in time (the stream stays open). */
+  private async receive(): Promise<Message>;
+  private async receive(graceMs: number): Promise<Message | undefined>;
+  private async receive(graceMs?: number): Promise<Message | undefined> {
+    const timeoutMs = graceMs ?? this.opts.stepTimeoutMs ?? 30_000;
+    let item = this.inbox.shift();
+    if (!item) {
+      let timer: NodeJS.Timeout | undefined;
+      item = await new Promise<Uint8Array | Error | undefined>((resolve) => {
+        this.waiting = resolve;
+        timer = setTimeout(() => {
+          this.waiting = undefined;
+          resolve(undefined);
+        }, timeoutMs);
+      });
+      clearTimeout(timer);
+    }
+    if (item === undefined) {
+      if (graceMs !== undefined) return undefined;
+      this.stream.abort(new Error("step timeout"));
+      return this.fail("UNREACHABLE", `no answer within ${timeoutMs} ms`);
+    }
+    if (item instanceof Error) {
+      this.inbox.unshift(item); // every later call fails the same way
+      this.stream.abort(item);
+      return this.fail("UNREACHABLE", item.message);
     }
     let message;
     try {
-      message = decodeMessage(bytes);
+      message = decodeMessage(item);
     } catch (e) {
       this.stream.abort(e as Error);
       return this.fail("BAD_MESSAGE", (e as Error).message);

@@ -6,7 +6,8 @@ import { decodeTensor, encodeTensor, type Codec, CODECS, type DecodedTensor } fr
 import { ProtocolError } from "../wire/errors.js";
 
 export const SPAN_PROTOCOL = "/tessera/span/1.0.0";
-export const INFO_PROTOCOL = "/tessera/info/1.0.0";
+/** Node-to-node: a node pushes its output for a session straight to the next node of the route. */
+export const PUSH_PROTOCOL = "/tessera/push/1.0.0";
 /** Largest message either side accepts (a 2048-token f32 prefill of hidden size 8192 is 64 MiB). */
 export const MAX_MESSAGE_BYTES = 128 << 20;
 const MAX_CONTROL_BYTES = 64 << 10;
@@ -17,6 +18,26 @@ export const enum Kind {
   Step = 3,
   Result = 4,
   Error = 5,
+  /** Client → node: where to push outputs of this session, and which peer may push into it. */
+  Link = 6,
+  /** Node → node on the push protocol: a step for the receiver's session `sessionId`. */
+  Push = 7,
+}
+
+/** Session ids are 16 random bytes, hex: chosen by the client, known to it and the route only. */
+const SESSION_ID = /^[0-9a-f]{32}$/;
+
+export interface PushTarget {
+  peerId: string;
+  sessionId: string;
+  addrs: string[];
+}
+
+export interface LinkRequest {
+  /** The next hop; absent stops pushing. */
+  next?: PushTarget;
+  /** The peer allowed to push into this session; absent allows none. */
+  prev?: string;
 }
 
 export interface OpenRequest {
@@ -25,6 +46,8 @@ export interface OpenRequest {
   maxLength: number;
   /** Codec the node should use for the tensors it returns. */
   codec: Codec;
+  /** Names the session for pushes from the previous node (server-to-server chaining). */
+  sessionId?: string;
 }
 
 export interface StepRequest {
@@ -32,6 +55,8 @@ export interface StepRequest {
   /** Position of the first new token; less than the session's length rolls its cache back. */
   startFromPosition: number;
   allLogits: boolean;
+  /** Push the output to the session's next hop (and so on down the route). */
+  push: boolean;
   tokens?: Int32Array;
   hidden?: DecodedTensor;
 }
@@ -41,16 +66,25 @@ export interface StepResult {
   tensor: DecodedTensor;
 }
 
-/** What a node says about itself on the info protocol. */
+/** What a node announces about itself (signed, in the DHT). */
 export interface NodeInfo {
   peerId: string;
+  /** "offline" withdraws the node's span (sent on clean shutdown). */
+  state: "online" | "offline";
   modelId: string;
+  /** SHA-256 of the checkpoint files the node loaded. */
+  checkpointHash: string;
   numBlocks: number;
   start: number;
   end: number;
+  /** Measured decode (1-token) and prefill tokens/s per block. */
   inferenceRps: number;
   forwardRps: number;
   cacheTokensLeft: number;
+  /** RTTs in seconds to the peers that serve block `end`. */
+  nextPings: Record<string, number>;
+  /** Measured link speed to those peers, Mbit/s (0: not measured). */
+  linkMbps: number;
   version: string;
 }
 
@@ -61,7 +95,7 @@ export interface ErrorMessage {
 
 // ------------------------------------------------------------------ encoding
 
-export function encodeControl(kind: Kind.Open | Kind.Opened | Kind.Error, body: object): Uint8Array {
+export function encodeControl(kind: Kind.Open | Kind.Opened | Kind.Error | Kind.Link, body: object): Uint8Array {
   const json = new TextEncoder().encode(JSON.stringify(body));
   const out = new Uint8Array(1 + json.byteLength);
   out[0] = kind;
@@ -69,7 +103,7 @@ export function encodeControl(kind: Kind.Open | Kind.Opened | Kind.Error, body: 
   return out;
 }
 
-export function encodeStep(step: { stepId: number; startFromPosition: number; allLogits: boolean; tokens?: ArrayLike<number>; hidden?: { data: Float32Array; shape: number[]; codec: Codec } }): Uint8Array {
+export function encodeStep(step: { stepId: number; startFromPosition: number; allLogits: boolean; push?: boolean; tokens?: ArrayLike<number>; hidden?: { data: Float32Array; shape: number[]; codec: Codec } }): Uint8Array {
   const payload = step.tokens
     ? new Uint8Array(Int32Array.from(step.tokens).buffer)
     : encodeTensor(step.hidden!.data, step.hidden!.shape, step.hidden!.codec);
@@ -78,8 +112,17 @@ export function encodeStep(step: { stepId: number; startFromPosition: number; al
   out[0] = Kind.Step;
   view.setUint32(1, step.stepId, true);
   view.setUint32(5, step.startFromPosition, true);
-  out[9] = (step.allLogits ? 1 : 0) | (step.tokens ? 2 : 0);
+  out[9] = (step.allLogits ? 1 : 0) | (step.tokens ? 2 : 0) | (step.push ? 4 : 0);
   out.set(payload, 10);
+  return out;
+}
+
+/** A step for the receiver's session, sent node to node: kind, 16-byte session id, step message. */
+export function encodePush(sessionId: string, step: Uint8Array): Uint8Array {
+  const out = new Uint8Array(17 + step.byteLength);
+  out[0] = Kind.Push;
+  out.set(Buffer.from(sessionId, "hex"), 1);
+  out.set(step, 17);
   return out;
 }
 
@@ -99,7 +142,9 @@ export type Message =
   | { kind: Kind.Opened; opened: { start: number; end: number } }
   | { kind: Kind.Step; step: StepRequest }
   | { kind: Kind.Result; result: StepResult }
-  | { kind: Kind.Error; error: ErrorMessage };
+  | { kind: Kind.Error; error: ErrorMessage }
+  | { kind: Kind.Link; link: LinkRequest }
+  | { kind: Kind.Push; sessionId: string; step: StepRequest };
 
 export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message {
   if (bytes.byteLength === 0) throw new ProtocolError("BAD_LENGTH", "empty message");
@@ -108,7 +153,7 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
   switch (kind) {
     case Kind.Open: {
       const j = control(body);
-      const open = {
+      const open: OpenRequest = {
         start: nonNegativeInt(j.start, "start"),
         end: nonNegativeInt(j.end, "end"),
         maxLength: nonNegativeInt(j.maxLength, "maxLength"),
@@ -116,7 +161,28 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
       };
       if (!CODECS.includes(open.codec)) throw new ProtocolError("BAD_CODEC", `codec ${String(j.codec)}`);
       if (!(open.start < open.end)) throw new ProtocolError("BAD_SHAPE", `empty span [${open.start}, ${open.end})`);
+      if (j.sessionId !== undefined) open.sessionId = sessionId(j.sessionId);
       return { kind, open };
+    }
+    case Kind.Link: {
+      const j = control(body);
+      const link: LinkRequest = {};
+      if (j.prev !== undefined) link.prev = peerIdText(j.prev, "prev");
+      if (j.next !== undefined) {
+        const n = (j.next ?? {}) as Record<string, unknown>;
+        const addrs = n.addrs;
+        if (!Array.isArray(addrs) || addrs.length > 16 || !addrs.every((a) => typeof a === "string" && a.length < 256)) {
+          throw new ProtocolError("BAD_SHAPE", "next.addrs must be up to 16 multiaddr strings");
+        }
+        link.next = { peerId: peerIdText(n.peerId, "next.peerId"), sessionId: sessionId(n.sessionId), addrs };
+      }
+      return { kind, link };
+    }
+    case Kind.Push: {
+      if (body.byteLength < 17) throw new ProtocolError("BAD_LENGTH", "push shorter than its header");
+      const inner = decodeMessage(body.subarray(16), maxElements);
+      if (inner.kind !== Kind.Step) throw new ProtocolError("BAD_CODEC", `a push carries a step, not kind ${inner.kind}`);
+      return { kind, sessionId: Buffer.from(body.subarray(0, 16)).toString("hex"), step: inner.step };
     }
     case Kind.Opened: {
       const j = control(body);
@@ -135,6 +201,7 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
         stepId: view.getUint32(0, true),
         startFromPosition: view.getUint32(4, true),
         allLogits: (flags & 1) !== 0,
+        push: (flags & 4) !== 0,
       };
       if (flags & 2) {
         if (payload.byteLength === 0 || payload.byteLength % 4 !== 0) throw new ProtocolError("BAD_LENGTH", `token payload of ${payload.byteLength} bytes`);
@@ -164,6 +231,16 @@ function control(body: Uint8Array): Record<string, unknown> {
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw new ProtocolError("BAD_LENGTH", "control message is not an object");
   return value as Record<string, unknown>;
+}
+
+function sessionId(v: unknown): string {
+  if (typeof v !== "string" || !SESSION_ID.test(v)) throw new ProtocolError("BAD_SHAPE", "sessionId must be 32 lowercase hex digits");
+  return v;
+}
+
+function peerIdText(v: unknown, name: string): string {
+  if (typeof v !== "string" || !/^[1-9A-HJ-NP-Za-km-z]{40,80}$/.test(v)) throw new ProtocolError("BAD_SHAPE", `${name} is not a peer id`);
+  return v;
 }
 
 function nonNegativeInt(v: unknown, name: string): number {

@@ -7,12 +7,29 @@ import type { LogitsSession } from "../engine/pipeline.js";
 import { BanList } from "./bans.js";
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
 import { minLatencyRoute } from "./routing.js";
+import type { LinkRequest, PushTarget } from "./protocol.js";
+
+export interface StepOptions {
+  allLogits?: boolean;
+  /** The route's step id (the same on every hop, so pushed and relayed copies are recognised). */
+  stepId?: number;
+  /** Ask the node to push its output to the next hop itself. */
+  push?: boolean;
+}
 
 /** One open session on a node's sub-span; inputs and outputs as in the engine's KvSession. */
 export interface RemoteSpan {
-  forward(input: ForwardInput, opts: { allLogits?: boolean }): Promise<ForwardOutput>;
+  forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput>;
   truncate(position: number): Promise<void>;
   close(): Promise<void>;
+  /** Server-to-server chaining, where the transport has it. */
+  chain?: {
+    /** How the previous node reaches this session. */
+    target(): PushTarget;
+    link(link: LinkRequest): Promise<void>;
+    /** The result of a step pushed here by the previous node, or undefined if none came within `graceMs`. */
+    pushed(stepId: number, tokens: number, allLogits: boolean, graceMs: number): Promise<ForwardOutput | undefined>;
+  };
 }
 
 export interface SpanProvider {
@@ -29,6 +46,13 @@ export interface RouteSessionOptions {
   /** Failovers allowed per step before giving up. */
   maxRetries?: number;
   now?: () => number;
+  /**
+   * Server-to-server: each node pushes its output straight to the next node; the client still
+   * receives every hop's output (its replay history) and relays a step itself when a push does
+   * not arrive within `pushGraceMs`.
+   */
+  chained?: boolean;
+  pushGraceMs?: number;
   /** Called on every failover, for logs and dashboards. */
   onFailover?: (event: { peerId: string; blocks: [number, number]; error: Error; replacement: Hop[] }) => void;
 }
@@ -48,6 +72,7 @@ interface LiveHop {
 export class RouteSession implements LogitsSession {
   private hops: LiveHop[] = [];
   private position = 0;
+  private stepCounter = 0;
   private readonly bans = new BanList();
 
   private constructor(
@@ -58,6 +83,7 @@ export class RouteSession implements LogitsSession {
   static async open(provider: SpanProvider, opts: RouteSessionOptions): Promise<RouteSession> {
     const session = new RouteSession(provider, opts);
     session.hops = await session.connect(0, opts.numBlocks);
+    if (session.chained) await session.linkHops();
     return session;
   }
 
@@ -75,9 +101,12 @@ export class RouteSession implements LogitsSession {
   }
 
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
+    const chained = this.chained;
+    const stepOpts: StepOptions = { ...opts, stepId: ++this.stepCounter, push: chained };
     let input: ForwardInput = { tokens: [...tokens] };
     for (let i = 0; i < this.hops.length; i++) {
-      const output = await this.forwardWithFailover(i, { input, tokens: tokens.length }, opts);
+      const step = { input, tokens: tokens.length };
+      const output = chained && i > 0 ? await this.receivePushed(i, step, stepOpts) : await this.forwardWithFailover(i, step, stepOpts);
       if (i === this.hops.length - 1) {
         this.position += tokens.length;
         return output.logits!;
@@ -101,7 +130,38 @@ export class RouteSession implements LogitsSession {
     this.hops = [];
   }
 
-  private async forwardWithFailover(index: number, step: Step, opts: { allLogits?: boolean }): Promise<ForwardOutput> {
+  private get chained(): boolean {
+    return Boolean(this.opts.chained) && this.hops.length > 1 && this.hops.every((h) => h.span.chain);
+  }
+
+  /** Tells every hop where to push and whom to accept pushes from. */
+  private async linkHops(): Promise<void> {
+    await Promise.all(
+      this.hops.map((h, i) => {
+        const link: LinkRequest = {};
+        if (i + 1 < this.hops.length) link.next = this.hops[i + 1]!.span.chain!.target();
+        if (i > 0) link.prev = this.hops[i - 1]!.hop.peerId;
+        return h.span.chain!.link(link);
+      }),
+    );
+  }
+
+  /** Hop `index`'s result for a step its predecessor pushed; relayed by the client if the push is late. */
+  private async receivePushed(index: number, step: Step, opts: StepOptions): Promise<ForwardOutput> {
+    const live = this.hops[index]!;
+    try {
+      const output = await live.span.chain!.pushed(opts.stepId!, step.tokens, Boolean(opts.allLogits), this.opts.pushGraceMs ?? 1000);
+      if (output) {
+        live.history.push(step);
+        return output;
+      }
+    } catch (error) {
+      await this.replace(index, error as Error);
+    }
+    return this.forwardWithFailover(index, step, opts);
+  }
+
+  private async forwardWithFailover(index: number, step: Step, opts: StepOptions): Promise<ForwardOutput> {
     const maxRetries = this.opts.maxRetries ?? 8;
     for (let attempt = 0; ; attempt++) {
       const live = this.hops[index]!;
@@ -133,6 +193,7 @@ export class RouteSession implements LogitsSession {
       }
     }
     this.hops.splice(index, 1, ...replacement);
+    if (this.chained) await this.linkHops();
     this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
   }
 

@@ -48,6 +48,12 @@ export async function verifyRecord(signed: unknown, now: number): Promise<Record
   if (!ints.every((v) => Number.isInteger(v) && v >= 0) || !(body.start < body.end && body.end <= body.numBlocks)) {
     return `span [${body.start}, ${body.end}) of ${body.numBlocks} blocks is invalid`;
   }
-  if (![body.inferenceRps, body.forwardRps].every((v) => typeof v === "number" && Number.isFinite(v) && v >= 0)) return "non-finite throughput";
+  if (![body.inferenceRps, body.forwardRps, body.linkMbps].every((v) => typeof v === "number" && Number.isFinite(v) && v >= 0)) return "non-finite throughput";
+  if (body.state !== "online" && body.state !== "offline") return `unknown state ${String(body.state)}`;
+  if (typeof body.modelId !== "string" || typeof body.checkpointHash !== "string") return "missing model id or checkpoint hash";
+  const pings = body.nextPings as unknown;
+  if (typeof pings !== "object" || pings === null || Array.isArray(pings) || Object.values(pings).some((v) => !(typeof v === "number" && v >= 0 && v < 3600))) {
+    return "malformed nextPings";
+  }
   return body;
 }
