@@ -2,7 +2,7 @@
 // loopback, client-relayed and chained (nodes push to the next node), against the in-process engine
 // in the same run, per codec; bytes per hop of a 512-token prefill; and greedy next-token agreement
 // of blockwise 8-bit hops with f32 hops over the held-out text.
-//   npm run bench -- swarm [--decode 64] [--agreement-tokens 2048]
+//   npm run bench -- swarm [--decode 128] [--rounds 8] [--agreement-tokens 2048]
 import "../src/swarm/node20.js";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
@@ -20,12 +20,32 @@ import { type Codec, frameBytes } from "../src/wire/tensor-frame.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-async function decodeMs(session: LogitsSession, prompt: number[], steps: number): Promise<number> {
+/** Per-step decode latencies (ms) after a prompt and a short warm-up; the session is rolled back after. */
+async function decodeSteps(session: LogitsSession, prompt: number[], steps: number): Promise<number[]> {
+  session.truncate(0);
   let logits = await session.append(prompt);
   for (let i = 0; i < 4; i++) logits = await session.append([argmax(logits)]); // warm-up
-  const t0 = performance.now();
-  for (let i = 0; i < steps; i++) logits = await session.append([argmax(logits)]);
-  return (performance.now() - t0) / steps;
+  const out: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const t0 = performance.now();
+    logits = await session.append([argmax(logits)]);
+    out.push(performance.now() - t0);
+  }
+  return out;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/**
+ * Median per-token latency of each configuration, measured in interleaved rounds so that load
+ * from other processes hits every configuration alike.
+ */
+async function interleaved(sessions: LogitsSession[], prompt: number[], steps: number, rounds: number): Promise<number[]> {
+  const samples: number[][] = sessions.map(() => []);
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, s] of sessions.entries()) samples[i]!.push(...(await decodeSteps(s, prompt, Math.ceil(steps / rounds))));
+  }
+  return samples.map(median);
 }
 
 /** Nodes in this process, joined through the first one's DHT. */
@@ -41,8 +61,12 @@ function evenSpans(blocks: number, nodes: number): [number, number][] {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { decode: { type: "string", default: "64" }, "agreement-tokens": { type: "string", default: "2048" } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { decode: { type: "string", default: "128" }, rounds: { type: "string", default: "8" }, "agreement-tokens": { type: "string", default: "2048" } },
+  });
   const steps = Number(values.decode);
+  const rounds = Number(values.rounds);
   const checkpoint = await openCheckpoint(SHIPPED_MODEL.hf);
   const c = checkpoint.config;
   const tokenizer = await loadTokenizer(checkpoint);
@@ -50,10 +74,12 @@ export async function main(argv: string[]): Promise<void> {
   const prompt = heldOut.slice(0, 32);
 
   const local = await LocalPipeline.load(checkpoint, { maxSequence: 512 });
-  const inprocess = await decodeMs(local.openSession(256), prompt, steps);
-  console.log(`in-process engine: ${inprocess.toFixed(2)} ms/token`);
+  const localSession = local.openSession(256);
+  const [inprocess] = await interleaved([localSession], prompt, steps, rounds);
+  console.log(`in-process engine: ${inprocess!.toFixed(2)} ms/token`);
 
   const byNodes: Record<string, number> = {};
+  const baselineByNodes: Record<string, number> = {};
   const chainedByNodes: Record<string, number> = {};
   const byCodec: Record<string, number> = {};
   for (const n of [1, 2, 3, 4]) {
@@ -61,18 +87,22 @@ export async function main(argv: string[]): Promise<void> {
     const runs: { codec: Codec; chained: boolean }[] = [{ codec: "none", chained: false }];
     if (n > 1) runs.push({ codec: "none", chained: true });
     if (n === 2) runs.push({ codec: "f16", chained: false }, { codec: "blockwise8", chained: false });
-    for (const { codec, chained } of runs) {
-      const client = await SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec });
-      const ms = await decodeMs(await client.openSession(256, { chained }), prompt, steps);
-      if (codec === "none") (chained ? chainedByNodes : byNodes)[n] = ms;
-      if (n === 2 && !chained) byCodec[codec] = ms;
-      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms.toFixed(2)} ms/token`);
-      await client.close();
+    const clients = await Promise.all(runs.map(({ codec }) => SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec })));
+    const sessions = await Promise.all(runs.map(({ chained }, i) => clients[i]!.openSession(256, { chained })));
+    // The in-process engine runs in the same rounds, so each row has its own baseline.
+    const [base, ...ms] = await interleaved([localSession, ...sessions], prompt, steps, rounds);
+    for (const [i, { codec, chained }] of runs.entries()) {
+      if (codec === "none") (chained ? chainedByNodes : byNodes)[n] = ms[i]!;
+      if (n === 2 && !chained) byCodec[codec] = ms[i]!;
+      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms[i]!.toFixed(2)} ms/token (in-process ${base!.toFixed(2)})`);
     }
+    baselineByNodes[n] = base!;
+    for (const client of clients) await client.close();
     for (const node of nodes) await node.stop();
   }
   // Each extra node adds one client↔node round trip and one serialization per token.
-  const hopOverhead = (byNodes[4]! - inprocess) / 4;
+  const hopOverhead = (byNodes[4]! - baselineByNodes[4]!) / 4;
+  const chainedHopOverhead = (chainedByNodes[4]! - baselineByNodes[4]!) / 4;
 
   // Teacher-forced greedy agreement: the next-token argmax with blockwise 8-bit hops vs f32 hops.
   const agreementTokens = heldOut.slice(0, Number(values["agreement-tokens"]));
@@ -101,12 +131,14 @@ export async function main(argv: string[]): Promise<void> {
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model, cores: cpus().length, ram_bytes: totalmem(), node: process.version },
     model: { path: "models/tessera-kjv", blocks: c.numLayers, hidden: c.hiddenSize },
-    settings: { decode_steps: steps, transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, records from the kad-dht" },
+    settings: { decode_steps: steps, rounds, statistic: "median per-token latency over interleaved rounds", transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, records from the kad-dht" },
     inprocess_ms_per_token: inprocess,
+    inprocess_ms_per_token_by_round: baselineByNodes,
     ms_per_token_by_nodes: byNodes,
     chained_ms_per_token_by_nodes: chainedByNodes,
     ms_per_token_by_codec_2_nodes: byCodec,
     hop_overhead_ms: hopOverhead,
+    chained_hop_overhead_ms: chainedHopOverhead,
     bytes_per_hop_by_codec: { prefill_tokens: 512, ...bytesPerHop },
     blockwise8_size_ratio_vs_f32: bytesPerHop.none! / bytesPerHop.blockwise8!,
     blockwise8_greedy_agreement: agree,
@@ -116,7 +148,7 @@ export async function main(argv: string[]): Promise<void> {
     inprocess: { relayed_ms: inprocess },
     ...Object.fromEntries(Object.entries(byNodes).map(([k, v]) => [`${k} nodes`, { relayed_ms: v, chained_ms: chainedByNodes[k] }])),
   });
-  console.log(`hop overhead ${hopOverhead.toFixed(2)} ms; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
+  console.log(`hop overhead ${hopOverhead.toFixed(2)} ms relayed, ${chainedHopOverhead.toFixed(2)} ms chained; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
   mkdirSync(join(here, "results"), { recursive: true });
   writeFileSync(join(here, "results", "swarm.json"), JSON.stringify(result, null, 2) + "\n");
   console.log("wrote bench/results/swarm.json");

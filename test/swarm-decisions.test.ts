@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import { createRng } from "../src/engine/sampling.js";
 import { bestStart, blockThroughputs, chooseBlocks, rebalance } from "../src/swarm/placement.js";
 import { MissingBlocksError, type SpanRecord } from "../src/swarm/records.js";
-import { maxThroughputRoute, minLatencyRoute } from "../src/swarm/routing.js";
+import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "../src/swarm/routing.js";
 
 const span = (peerId: string, start: number, end: number, extra: Partial<SpanRecord> = {}): SpanRecord => ({
   peerId,
@@ -100,4 +100,21 @@ describe("routing", () => {
     const longShare = counts.get("long")! / 2000;
     assert.ok(Math.abs(longShare - 0.8) < 0.04, `long chosen first ${longShare} of the time, expected 8/10`);
   });
+});
+
+test("chaining pays when the client is far from nodes that are near each other, not on loopback", () => {
+  const route = [
+    { peerId: "a", start: 0, end: 4 },
+    { peerId: "b", start: 4, end: 8 },
+    { peerId: "c", start: 8, end: 12 },
+  ];
+  const near = [span("a", 0, 4, { nextPings: { b: 0.002 } }), span("b", 4, 8, { nextPings: { c: 0.002 } }), span("c", 8, 12)];
+  const farClient = new Map([["a", 0.08], ["b", 0.08], ["c", 0.08]]);
+  // Each of the 2 pushed hops saves 40 + 40 ms of client legs and costs 1 ms between nodes.
+  assert.ok(Math.abs(chainingGain(route, near, farClient) - 2 * (0.08 - 0.001)) < 1e-12);
+  const loopback = new Map([["a", 0.0002], ["b", 0.0002], ["c", 0.0002]]);
+  const sameRtt = [span("a", 0, 4, { nextPings: { b: 0.0002 } }), span("b", 4, 8, { nextPings: { c: 0.0002 } }), span("c", 8, 12)];
+  assert.ok(chainingGain(route, sameRtt, loopback) < CHAIN_MIN_GAIN_S);
+  assert.ok(chainingGain(route, [span("a", 0, 4), span("b", 4, 8), span("c", 8, 12)], loopback) < 0, "unknown node-to-node RTTs count as far");
+  assert.equal(chainingGain(route.slice(0, 1), near, farClient), 0, "one hop has nothing to push");
 });

@@ -144,7 +144,7 @@ test("chained: nodes push hidden states to the next node themselves; same tokens
   }
 });
 
-test("records carry RTTs to the next block's holders and the measured link speed", async () => {
+test("records carry measured throughput, RTTs to the next block's holders and the link speed", async () => {
   const c = checkpoint.config;
   const p = new Libp2pSpanProvider(client, { modelId: "tiny-llama", hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers });
   const first = nodes[0]!.info().peerId;
@@ -159,6 +159,7 @@ test("records carry RTTs to the next block's holders and the measured link speed
   assert.deepEqual(Object.keys(record!.nextPings).sort(), holdersOf2.sort());
   for (const rtt of Object.values(record!.nextPings)) assert.ok(rtt >= 0 && rtt < 1, `loopback RTT ${rtt} s`);
   assert.ok(nodes[0]!.info().linkMbps > 10, `loopback link ${nodes[0]!.info().linkMbps} Mbit/s`);
+  assert.ok(record!.inferenceRps! > 0 && nodes[0]!.info().forwardRps > 0, "measured at start, before any request");
 });
 
 test("garbage, truncated and out-of-range messages get errors; the node keeps serving", async () => {

@@ -67,7 +67,7 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
       console.log(`  node ${i + 1}  ${shortId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
     }
     const route = await client.openSession(512);
-    console.log(`route: ${route.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit, pushed node to node)`);
+    console.log(`route: ${route.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`);
     const cipher = VocabCipher.fromKey(key, tokenizer);
     const session = new EncryptedSession(route, cipher);
 

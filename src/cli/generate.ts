@@ -29,7 +29,7 @@ interface GenerateFlags extends EngineFlags {
   swarm: string[];
   codec: Codec;
   modelId?: string;
-  relay?: boolean;
+  chain: "auto" | "on" | "off";
   /** EE key file: the nodes (or --encrypted-model) run the checkpoint encrypted with it. */
   key?: string;
   encryptedModel?: string;
@@ -118,7 +118,7 @@ async function swarmSession(flags: GenerateFlags) {
   let session: RouteSession;
   try {
     session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, 2048), {
-      chained: !flags.relay,
+      chained: flags.chain === "auto" ? "auto" : flags.chain === "on",
       onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
     });
   } catch (e) {

@@ -39,7 +39,11 @@ addEngineOptions(
   .option("--json", "print one JSON object with tokens, text and timings instead of streaming")
   .option("--swarm <multiaddr>", "run through the swarm's nodes at these addresses (repeatable); the tokenizer stays local", collect, [])
   .addOption(new Option("--codec <codec>", "hidden-state codec on swarm hops").choices(["none", "f16", "blockwise8"]).default("none"))
-  .option("--relay", "with --swarm: the client relays hidden states between nodes instead of nodes pushing them to the next node")
+  .addOption(
+    new Option("--chain <mode>", "with --swarm: nodes push hidden states to the next node (on), the client relays them (off), or on when the client is farther from the nodes than they are from each other (auto)")
+      .choices(["auto", "on", "off"])
+      .default("auto"),
+  )
   .option("--model-id <id>", "with --swarm: the name the nodes announce the model under (default: the checkpoint's name, or the key's deployment id)")
   .option("--key <file>", "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here")
   .option("--encrypted-model <path>", "with --key and no --swarm: run this encrypted checkpoint on this machine")

@@ -35,9 +35,12 @@ export class SwarmClient {
     return new SwarmClient(libp2p, provider, config);
   }
 
-  /** A route session; nodes push hidden states to each other (chained) unless `chained: false`. */
+  /**
+   * A route session. By default ("auto") nodes push hidden states to each other when the client is
+   * farther from them than they are from each other; `chained: true/false` forces either way.
+   */
   openSession(maxLength: number, opts: Partial<RouteSessionOptions> = {}): Promise<RouteSession> {
-    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, chained: true, ...opts });
+    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, chained: "auto", ...opts });
   }
 
   async close(): Promise<void> {

@@ -129,6 +129,7 @@ export class SpanNode {
     await libp2p.handle(PROBE_PROTOCOL, (stream) => answerProbe(stream), { maxInboundStreams: 8 });
     await libp2p.handle(PUSH_PROTOCOL, (stream, connection) => node.acceptPushes(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
     try {
+      await node.measureThroughput();
       await joinSwarm(libp2p, options.bootstrap ?? []);
       await node.announce();
     } catch (e) {
@@ -481,7 +482,8 @@ export class SpanNode {
     const t0 = performance.now();
     let out = await session.sessions[0]!.forward(input, { allLogits: step.allLogits });
     for (const s of session.sessions.slice(1)) out = await s.forward({ hidden: out.hidden }, { allLogits: step.allLogits });
-    this.recordSpeed(input, end - start, performance.now() - t0);
+    const count = input.tokens ? input.tokens.length : input.hidden!.length / c.hiddenSize;
+    this.recordSpeed(count, end - start, performance.now() - t0);
     if (out.logits) {
       const rows = out.logits.length / c.vocabSize;
       return { bytes: encodeResult(step.stepId, out.logits, [1, rows, c.vocabSize], "none"), rows };
@@ -490,9 +492,33 @@ export class SpanNode {
     return { bytes: encodeResult(step.stepId, out.hidden!, [1, rows, c.hiddenSize], codec as Codec), hidden: out.hidden!, rows };
   }
 
+  /**
+   * Measures the span before announcing it: a 32-token forward pass and a few 1-token decode steps
+   * on a throwaway session (later requests keep the numbers current).
+   */
+  private async measureThroughput(): Promise<void> {
+    const c = this.opts.checkpoint.config;
+    const { start, end } = this.opts;
+    const sessions = Array.from({ length: end - start }, (_, i) => this.blocks.get(start + i)!.openSession(64));
+    const run = async (count: number) => {
+      const input = start === 0 ? { tokens: Array.from({ length: count }, (_, i) => (i * 7919) % c.vocabSize) } : { hidden: new Float32Array(count * c.hiddenSize).fill(0.01) };
+      const t0 = performance.now();
+      let out = await sessions[0]!.forward(input);
+      for (const s of sessions.slice(1)) out = await s.forward({ hidden: out.hidden });
+      return performance.now() - t0;
+    };
+    try {
+      this.recordSpeed(32, end - start, await run(32));
+      const decode: number[] = [];
+      for (let i = 0; i < 5; i++) decode.push(await run(1));
+      this.recordSpeed(1, end - start, decode.sort((a, b) => a - b)[2]!);
+    } finally {
+      for (const s of sessions) s.close();
+    }
+  }
+
   /** Per-block tokens/s of the last decode (1 token) and prefill steps, for the node's record. */
-  private recordSpeed(input: { tokens?: ArrayLike<number>; hidden?: Float32Array }, blocks: number, ms: number): void {
-    const count = input.tokens ? input.tokens.length : input.hidden!.length / this.opts.checkpoint.config.hiddenSize;
+  private recordSpeed(count: number, blocks: number, ms: number): void {
     const rate = (count * 1000) / (ms / blocks);
     if (count === 1) this.measured.inferenceRps = rate;
     else this.measured.forwardRps = rate;

@@ -6,7 +6,7 @@ import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
 import type { LogitsSession } from "../engine/pipeline.js";
 import { BanList } from "./bans.js";
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
-import { minLatencyRoute } from "./routing.js";
+import { CHAIN_MIN_GAIN_S, chainingGain, minLatencyRoute } from "./routing.js";
 import type { LinkRequest, PushTarget } from "./protocol.js";
 
 export interface StepOptions {
@@ -49,9 +49,10 @@ export interface RouteSessionOptions {
   /**
    * Server-to-server: each node pushes its output straight to the next node; the client still
    * receives every hop's output (its replay history) and relays a step itself when a push does
-   * not arrive within `pushGraceMs`.
+   * not arrive within `pushGraceMs`. "auto" chains when `chainingGain` of the route exceeds
+   * CHAIN_MIN_GAIN_S, i.e. when the client is farther from the nodes than they are from each other.
    */
-  chained?: boolean;
+  chained?: boolean | "auto";
   pushGraceMs?: number;
   /** Called on every failover, for logs and dashboards. */
   onFailover?: (event: { peerId: string; blocks: [number, number]; error: Error; replacement: Hop[] }) => void;
@@ -73,6 +74,9 @@ export class RouteSession implements LogitsSession {
   private hops: LiveHop[] = [];
   private position = 0;
   private stepCounter = 0;
+  /** For chained: "auto": whether the current route gains from pushes (set when routing). */
+  private chainPays = false;
+  private lastRecords: SpanRecord[] = [];
   private readonly bans = new BanList();
 
   private constructor(
@@ -83,6 +87,7 @@ export class RouteSession implements LogitsSession {
   static async open(provider: SpanProvider, opts: RouteSessionOptions): Promise<RouteSession> {
     const session = new RouteSession(provider, opts);
     session.hops = await session.connect(0, opts.numBlocks);
+    session.decideChaining();
     if (session.chained) await session.linkHops();
     return session;
   }
@@ -131,7 +136,18 @@ export class RouteSession implements LogitsSession {
   }
 
   private get chained(): boolean {
-    return Boolean(this.opts.chained) && this.hops.length > 1 && this.hops.every((h) => h.span.chain);
+    const wanted = this.opts.chained === "auto" ? this.chainPays : Boolean(this.opts.chained);
+    return wanted && this.hops.length > 1 && this.hops.every((h) => h.span.chain);
+  }
+
+  /** Whether chaining is on for this session's current route, for display. */
+  get chaining(): boolean {
+    return this.chained;
+  }
+
+  private decideChaining(): void {
+    const route = this.hops.map((h) => h.hop);
+    this.chainPays = chainingGain(route, this.lastRecords, this.provider.rtts()) > CHAIN_MIN_GAIN_S;
   }
 
   /** Tells every hop where to push and whom to accept pushes from. */
@@ -193,6 +209,7 @@ export class RouteSession implements LogitsSession {
       }
     }
     this.hops.splice(index, 1, ...replacement);
+    this.decideChaining();
     if (this.chained) await this.linkHops();
     this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
   }
@@ -214,6 +231,7 @@ export class RouteSession implements LogitsSession {
   private async planRoute(start: number, end: number): Promise<Hop[]> {
     const now = this.opts.now?.() ?? Date.now();
     const records = await this.provider.records();
+    this.lastRecords = records;
     const request = { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts() };
     try {
       return minLatencyRoute(records, { ...request, excluded: this.bans.banned(now) });

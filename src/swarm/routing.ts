@@ -113,6 +113,25 @@ function collapse(endKey: number, prev: Map<number, number>, spans: SpanRecord[]
 }
 
 /** Batch routing: from each block, a random covering span (∝ its length), jumping to its end. */
+/** Measured cost of a push on loopback (an extra encode and stream write on the pushing node). */
+export const CHAIN_MIN_GAIN_S = 0.001;
+
+/**
+ * Expected per-token seconds saved by server-to-server pushes on `route`: relaying hop j's input
+ * costs half the client's RTT to hop j−1 plus half its RTT to hop j; a push costs half the RTT
+ * between the two nodes (from hop j−1's record; unknown counts as far). Positive when the client
+ * is farther from the nodes than they are from each other.
+ */
+export function chainingGain(route: readonly Hop[], records: readonly SpanRecord[], clientRtt: ReadonlyMap<string, number>): number {
+  let gain = 0;
+  for (let j = 1; j < route.length; j++) {
+    const [prev, hop] = [route[j - 1]!, route[j]!];
+    const between = records.find((r) => r.peerId === prev.peerId)?.nextPings[hop.peerId];
+    gain += delay(clientRtt.get(prev.peerId)) + delay(clientRtt.get(hop.peerId)) - delay(between);
+  }
+  return gain;
+}
+
 export function maxThroughputRoute(records: readonly SpanRecord[], req: Omit<RouteRequest, "needTokens" | "clientRtt">, random: () => number): Hop[] {
   const spans = usable(records, req as RouteRequest);
   checkCoverage(spans, req.start, req.end);
