@@ -118,3 +118,11 @@ test("chaining pays when the client is far from nodes that are near each other, 
   assert.ok(chainingGain(route, [span("a", 0, 4), span("b", 4, 8), span("c", 8, 12)], loopback) < 0, "unknown node-to-node RTTs count as far");
   assert.equal(chainingGain(route.slice(0, 1), near, farClient), 0, "one hop has nothing to push");
 });
+
+test("the per-hop overhead decides between one slow span and two fast ones", () => {
+  const records = [span("slow", 0, 4, { throughput: 100, inferenceRps: 100 }), span("b", 0, 2, { throughput: 1000, inferenceRps: 1000, nextPings: { c: 0.001 } }), span("c", 2, 4, { throughput: 1000, inferenceRps: 1000 })];
+  const req = { start: 0, end: 4, needTokens: 16, clientRtt: new Map([["slow", 0.001], ["b", 0.001], ["c", 0.001]]) };
+  // slow: 4 blocks × 10 ms + one hop; b then c: 4 × 1 ms + 0.5 ms between them + two hops.
+  assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.05 }).map((h) => h.peerId), ["slow"]);
+  assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.0007 }).map((h) => h.peerId), ["b", "c"]);
+});

@@ -306,7 +306,8 @@ test("records are signed by the node's key; forged, expired, future and out-of-r
 
 test("rebalancing: a node moves to the swarm's weakest blocks and hands over its open sessions", async () => {
   // A serves all 4 blocks; B and C both serve [0, 2), so blocks 2-3 have one server and 0-1 three.
-  const options = { checkpoint, modelId: "rebalance", maxSessionLength: 64, bootstrap: [nodes[0]!.addresses[0]!] };
+  // Equal announced throughputs, so the decision does not depend on this machine's load.
+  const options = { checkpoint, modelId: "rebalance", maxSessionLength: 64, bootstrap: [nodes[0]!.addresses[0]!], throughput: 100 };
   const a = await SpanNode.start({ ...options, start: 0, end: 4 });
   const b = await SpanNode.start({ ...options, start: 0, end: 2 });
   const mover = await SpanNode.start({ ...options, start: 0, end: 2 });

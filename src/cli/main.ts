@@ -57,6 +57,7 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--host <ip>", "address to listen on", "127.0.0.1")
   .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)
   .option("--model-id <id>", "name to announce the blocks under (default: the checkpoint's name)")
+  .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
   .action(nodeCommand);
 

@@ -22,6 +22,7 @@ interface NodeFlags {
   maxBlocks?: number;
   modelId?: string;
   rebalanceInterval: number;
+  throughput?: number;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
@@ -34,6 +35,7 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     checkpoint,
     modelId,
     bootstrap: flags.bootstrap,
+    throughput: flags.throughput,
     start,
     end: Math.min(end, L),
     cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),

@@ -58,6 +58,8 @@ export interface SpanNodeOptions {
   announceIntervalMs?: number;
   /** A session that sends no step for this long is closed and its KV cache released. */
   idleTimeoutMs?: number;
+  /** Announce this decode throughput (tokens/s per block) instead of the measured one (Petals' --throughput). */
+  throughput?: number;
   /** Sees every step the node runs, as decoded from the wire (dashboards, tests of what a node sees). */
   onStep?: (step: StepRequest) => void;
 }
@@ -106,7 +108,7 @@ export class SpanNode {
     /** Loaded blocks by index: the span's, plus retired ones still used by open sessions. */
     private readonly blocks: Map<number, SpanRunner>,
     private readonly checkpointHash: string,
-    private readonly opts: Required<Omit<SpanNodeOptions, "threads" | "listen" | "format" | "bootstrap" | "onStep">> & SpanNodeOptions,
+    private readonly opts: Required<Omit<SpanNodeOptions, "threads" | "listen" | "format" | "bootstrap" | "onStep" | "throughput">> & SpanNodeOptions,
   ) {}
 
   static async start(options: SpanNodeOptions): Promise<SpanNode> {
@@ -225,7 +227,7 @@ export class SpanNode {
       numBlocks: this.opts.checkpoint.config.numLayers,
       start: this.opts.start,
       end: this.opts.end,
-      inferenceRps: this.measured.inferenceRps,
+      inferenceRps: this.opts.throughput ?? this.measured.inferenceRps,
       forwardRps: this.measured.forwardRps,
       cacheTokensLeft: this.opts.cacheTokens - this.reservedTokens,
       nextPings: this.nextPings,

@@ -77,6 +77,7 @@ export class RouteSession implements LogitsSession {
   /** For chained: "auto": whether the current route gains from pushes (set when routing). */
   private chainPays = false;
   private lastRecords: SpanRecord[] = [];
+  private hopOverheadS?: number;
   private readonly bans = new BanList();
 
   private constructor(
@@ -145,6 +146,23 @@ export class RouteSession implements LogitsSession {
     return this.chained;
   }
 
+  /**
+   * The client's own per-hop overhead, for routing: a relayed decode step's time less the peer's
+   * RTT and its announced compute time (blocks / decode rps), averaged over steps.
+   */
+  private measureHopOverhead(hop: Hop, seconds: number): void {
+    const rtt = this.provider.rtts().get(hop.peerId);
+    const rps = this.lastRecords.find((r) => r.peerId === hop.peerId)?.inferenceRps;
+    if (rtt === undefined || !rps) return;
+    const sample = Math.max(0, seconds - rtt - (hop.end - hop.start) / rps);
+    this.hopOverheadS = this.hopOverheadS === undefined ? sample : 0.9 * this.hopOverheadS + 0.1 * sample;
+  }
+
+  /** Measured per-hop overhead in seconds (undefined until a relayed decode step was timed). */
+  get measuredHopOverhead(): number | undefined {
+    return this.hopOverheadS;
+  }
+
   private decideChaining(): void {
     const route = this.hops.map((h) => h.hop);
     this.chainPays = chainingGain(route, this.lastRecords, this.provider.rtts()) > CHAIN_MIN_GAIN_S;
@@ -182,7 +200,9 @@ export class RouteSession implements LogitsSession {
     for (let attempt = 0; ; attempt++) {
       const live = this.hops[index]!;
       try {
+        const t0 = performance.now();
         const output = await live.span.forward(step.input, opts);
+        if (step.tokens === 1 && !opts.push) this.measureHopOverhead(live.hop, (performance.now() - t0) / 1000);
         live.history.push(step);
         return output;
       } catch (error) {
@@ -232,7 +252,7 @@ export class RouteSession implements LogitsSession {
     const now = this.opts.now?.() ?? Date.now();
     const records = await this.provider.records();
     this.lastRecords = records;
-    const request = { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts() };
+    const request = { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), hopOverheadS: this.hopOverheadS };
     try {
       return minLatencyRoute(records, { ...request, excluded: this.bans.banned(now) });
     } catch (e) {

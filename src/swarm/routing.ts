@@ -3,6 +3,7 @@
 // work. Pure: RTTs, bans and randomness come in as arguments.
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
 
+/** Per-hop overhead assumed until the client has measured its own (Petals' constant). */
 export const HOP_OVERHEAD_S = 0.018;
 export const ALLOC_PENALTY_S = 10;
 const UNKNOWN_RTT_S = 0.15;
@@ -17,6 +18,8 @@ export interface RouteRequest {
   clientRtt: ReadonlyMap<string, number>;
   /** Peers not to use (banned, blocked, wrong model). */
   excluded?: ReadonlySet<string>;
+  /** Measured per-hop overhead in seconds (serialization, streams, scheduling); default HOP_OVERHEAD_S. */
+  hopOverheadS?: number;
   /** Extra seconds per hop on a peer, e.g. α·(1 − reputation). */
   hopPenalty?: (peerId: string) => number;
 }
@@ -44,6 +47,7 @@ export function minLatencyRoute(records: readonly SpanRecord[], req: RouteReques
   const alloc = (s: SpanRecord) =>
     req.needTokens * 2 * (s.end - s.start) <= s.cacheTokensLeft ? 0 : ALLOC_PENALTY_S;
   const penalty = (s: SpanRecord) => req.hopPenalty?.(s.peerId) ?? 0;
+  const hop = req.hopOverheadS ?? HOP_OVERHEAD_S;
 
   // State: (span index, block i) meaning "about to run block i on this span"; i == end means done with it.
   const key = (si: number, i: number) => si * (req.end + 1) + i;
@@ -60,7 +64,7 @@ export function minLatencyRoute(records: readonly SpanRecord[], req: RouteReques
   const START = -1;
   spans.forEach((s, si) => {
     if (s.start <= req.start && req.start < s.end) {
-      relax(key(si, req.start), delay(req.clientRtt.get(s.peerId)) + HOP_OVERHEAD_S + alloc(s) + penalty(s), START);
+      relax(key(si, req.start), delay(req.clientRtt.get(s.peerId)) + hop + alloc(s) + penalty(s), START);
     }
   });
 
@@ -89,7 +93,7 @@ export function minLatencyRoute(records: readonly SpanRecord[], req: RouteReques
       // Block i is this span's last: hand over to spans covering block i + 1.
       spans.forEach((u, ui) => {
         if (ui !== si && u.start <= i + 1 && i + 1 < u.end) {
-          relax(key(ui, i + 1), d + stepCost + delay(s.nextPings[u.peerId]) + HOP_OVERHEAD_S + alloc(u) + penalty(u), k);
+          relax(key(ui, i + 1), d + stepCost + delay(s.nextPings[u.peerId]) + hop + alloc(u) + penalty(u), k);
         }
       });
     }
