@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { createRng } from "../src/engine/sampling.js";
 import { bestStart, blockThroughputs, chooseBlocks, rebalance } from "../src/swarm/placement.js";
+import { renderSwarm } from "../src/swarm/dashboard.js";
 import { MissingBlocksError, type SpanRecord } from "../src/swarm/records.js";
 import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "../src/swarm/routing.js";
 
@@ -125,4 +126,26 @@ test("the per-hop overhead decides between one slow span and two fast ones", () 
   // slow: 4 blocks × 10 ms + one hop; b then c: 4 × 1 ms + 0.5 ms between them + two hops.
   assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.05 }).map((h) => h.peerId), ["slow"]);
   assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.0007 }).map((h) => h.peerId), ["b", "c"]);
+});
+
+test("the dashboard shows each node's span and speeds, and flags the weakest and uncovered blocks", () => {
+  const info = (peerId: string, start: number, end: number, inferenceRps: number) => ({
+    peerId, state: "online" as const, modelId: "m", checkpointHash: "h", numBlocks: 6, start, end,
+    inferenceRps, forwardRps: 10 * inferenceRps, cacheTokensLeft: 4096, nextPings: {}, linkMbps: 0, version: "v", expiresAt: 0,
+  });
+  const text = renderSwarm({
+    modelId: "m",
+    numBlocks: 6,
+    nodes: [{ info: { ...info("12D3KooWAAAAAAbbbbbb", 0, 3, 300), nextPings: { "12D3KooWCCCCCCdddddd": 0.002 }, linkMbps: 940 }, rtt: 0.004 }, { info: info("12D3KooWCCCCCCdddddd", 3, 5, 100) }],
+    barWidth: 30,
+  });
+  const lines = text.split("\n");
+  assert.match(lines[0]!, /2 nodes online, 6 blocks/);
+  assert.match(text, /…bbbbbb +\[0, 3\) +300 +3000 +4096 +4\.00 +940 +…dddddd 2\.00/);
+  const bars = lines.filter((l) => l.startsWith("block "));
+  assert.equal(bars.length, 6);
+  assert.equal((bars[0]!.match(/█/g) ?? []).length, 30, "the strongest block fills the bar");
+  assert.equal((bars[3]!.match(/█/g) ?? []).length, 10);
+  assert.match(bars[3]!, /weakest/);
+  assert.match(bars[5]!, /NO SERVER/);
 });

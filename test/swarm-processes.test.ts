@@ -70,6 +70,8 @@ test("three node processes serve a model; killing one mid-generation changes no 
     const alive = nodes.filter((n) => n !== victim).map((n) => ["--swarm", n.addr]).flat();
     const args = ["generate", "--model", model, "--prompt", "In the beginning", "-t", "0", "-n", "10", "--json"];
     const viaSwarm = JSON.parse((await run(process.execPath, [bin, ...args, ...alive])).stdout);
+    const dashboard = (await run(process.execPath, [bin, "swarm", "--model", model, "--bootstrap", first.addr])).stdout;
+    assert.match(dashboard, /2 nodes online, 4 blocks/, "the killed node is gone once its record is dropped or it is unreachable");
     const onThisMachine = JSON.parse((await run(process.execPath, [bin, ...args])).stdout);
     assert.deepEqual(viaSwarm.tokens, onThisMachine.tokens);
   } finally {

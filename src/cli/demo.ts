@@ -6,14 +6,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EncryptedSession, VocabCipher } from "../ee/cipher.js";
 import { encryptModel } from "../ee/encrypt-model.js";
-import { newKey, ropeLayoutOf, vocabHash } from "../ee/key.js";
+import { deploymentId, newKey, ropeLayoutOf, vocabHash } from "../ee/key.js";
 import { generate } from "../engine/generate.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { checkpointHash } from "../model/hash.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
-import { modelIdFor } from "../swarm/model-id.js";
+import { renderSwarm } from "../swarm/dashboard.js";
 import { type NodeProcess, spawnNode, stopNode } from "../swarm/node-process.js";
 
 interface DemoFlags {
@@ -59,13 +59,15 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
     nodes.push(first);
     nodes.push(...(await Promise.all(spans.slice(1).map(([a, b]) => spawnNode(encrypted, a, b, [...args, "--bootstrap", first.addr])))));
     // The nodes announce under the manifest's deployment id; the client derives it from the key.
-    client = await SwarmClient.connect([first.addr], c, { modelId: await modelIdFor(encrypted), codec: "blockwise8" });
+    const modelId = deploymentId(key);
+    client = await SwarmClient.connect([first.addr], c, { modelId, codec: "blockwise8" });
 
     const records = await client.provider.records();
     for (const [i, [a, b]] of spans.entries()) {
       const peer = records.find((r) => r.start === a && r.end === b)?.peerId ?? "?";
       console.log(`  node ${i + 1}  ${shortId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
     }
+    console.log(`\n${indent(renderSwarm({ modelId: `deployment ${modelId.slice(0, 12)}…`, numBlocks: L, nodes: client.provider.nodes, barWidth: 24 }))}\n`);
     const route = await client.openSession(512);
     console.log(`route: ${route.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`);
     const cipher = VocabCipher.fromKey(key, tokenizer);
@@ -99,6 +101,10 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
 
 function idList(ids: readonly number[], show = 10): string {
   return ids.slice(0, show).map((id) => String(id).padStart(5)).join(" ") + (ids.length > show ? "  …" : "");
+}
+
+function indent(text: string): string {
+  return text.replace(/^(?=.)/gm, "  ");
 }
 
 function shortId(peerId: string): string {

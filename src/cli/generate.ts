@@ -37,13 +37,7 @@ interface GenerateFlags extends EngineFlags {
 
 export async function generateCommand(flags: GenerateFlags): Promise<void> {
   const { tokenizer, session, done } = flags.swarm.length ? await swarmSession(flags) : await localSession(flags);
-  const text = flags.chat
-    ? tokenizer.applyChatTemplate(
-        [...(flags.system ? [{ role: "system", content: flags.system }] : []), { role: "user", content: flags.prompt }],
-        { addGenerationPrompt: true },
-      )
-    : flags.prompt;
-  const promptTokens = tokenizer.encode(text, { addSpecial: !flags.chat });
+  const promptTokens = promptTokensFor(tokenizer, flags);
   const result = await generate(session, tokenizer, promptTokens, {
     maxTokens: flags.maxTokens,
     sampling: {
@@ -70,6 +64,16 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
         `${result.tokens.length} generated at ${t.decodeTokensPerSecond.toFixed(1)} tok/s; ${result.finishReason}]`,
     );
   }
+}
+
+function promptTokensFor(tokenizer: Tokenizer, flags: GenerateFlags): number[] {
+  const text = flags.chat
+    ? tokenizer.applyChatTemplate(
+        [...(flags.system ? [{ role: "system", content: flags.system }] : []), { role: "user", content: flags.prompt }],
+        { addGenerationPrompt: true },
+      )
+    : flags.prompt;
+  return tokenizer.encode(text, { addSpecial: !flags.chat });
 }
 
 async function localSession(flags: GenerateFlags) {
@@ -117,7 +121,9 @@ async function swarmSession(flags: GenerateFlags) {
   const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { modelId, codec: flags.codec });
   let session: RouteSession;
   try {
-    session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, 2048), {
+    // Nodes reserve KV cache for the whole session: ask for what this prompt and --max-tokens need.
+    const needed = promptTokensFor(tokenizer, flags).length + flags.maxTokens;
+    session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, needed), {
       chained: flags.chain === "auto" ? "auto" : flags.chain === "on",
       onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
     });

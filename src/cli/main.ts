@@ -10,6 +10,7 @@ import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
 import { nodeCommand } from "./node.js";
+import { swarmStatusCommand } from "./swarm-status.js";
 import { makeTestModelCommand } from "./make-test-model.js";
 
 function collect(value: string, previous: string[]): string[] {
@@ -57,9 +58,19 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--host <ip>", "address to listen on", "127.0.0.1")
   .option("--max-session <n>", "longest session accepted, in tokens", intArg, 2048)
   .option("--model-id <id>", "name to announce the blocks under (default: the checkpoint's name)")
+  .option("--idle-timeout <s>", "close sessions that send no step for this long, releasing their cache", intArg, 300)
   .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
   .action(nodeCommand);
+
+program
+  .command("swarm")
+  .description("show a running swarm: its nodes, their spans and measured speeds, and the throughput serving each block")
+  .option("-m, --model <path>", "the model (for its block count and default id)", SHIPPED_MODEL.hf)
+  .option("--bootstrap <multiaddr>", "a node of the swarm (repeatable)", collect, [])
+  .option("--model-id <id>", "the id the nodes announce the model under (default: the checkpoint's name or deployment id)")
+  .option("--watch <s>", "refresh every s seconds", intArg)
+  .action(swarmStatusCommand);
 
 program
   .command("demo")

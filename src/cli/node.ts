@@ -23,6 +23,7 @@ interface NodeFlags {
   modelId?: string;
   rebalanceInterval: number;
   throughput?: number;
+  idleTimeout: number;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
@@ -36,6 +37,7 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     modelId,
     bootstrap: flags.bootstrap,
     throughput: flags.throughput,
+    idleTimeoutMs: flags.idleTimeout * 1000,
     start,
     end: Math.min(end, L),
     cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),

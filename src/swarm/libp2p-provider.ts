@@ -2,6 +2,7 @@
 // the client's clock), RTTs from ping, and span sessions as streams of the span protocol.
 import "./node20.js";
 import { randomBytes } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { lpStream } from "@libp2p/utils";
@@ -66,6 +67,7 @@ export class Libp2pSpanProvider implements SpanProvider {
   async records(): Promise<SpanRecord[]> {
     const { dht } = this.host.services;
     const signal = AbortSignal.timeout(this.opts.discoveryTimeoutMs ?? 10_000);
+    setMaxListeners(Infinity, signal); // one deadline shared by every block's and peer's DHT query
     const holders = new Map<string, Multiaddr[]>();
     const perBlock = await Promise.all(
       Array.from({ length: this.opts.numBlocks }, (_, b) => blockHolders(dht, this.opts.modelId, b, signal).catch(() => new Map<string, Multiaddr[]>())),
@@ -89,7 +91,7 @@ export class Libp2pSpanProvider implements SpanProvider {
       .sort((a, b) => a.peerId.localeCompare(b.peerId));
   }
 
-  /** Fetches, verifies and pings one block holder; keeps it if it is an online server of our model. */
+  /** Fetches, verifies and pings one block holder; keeps it if it is a reachable, online server of our model. */
   private async admit(peerId: string, addrs: Multiaddr[], signal: AbortSignal): Promise<void> {
     const reject = (reason: string) => this.opts.onRejectedRecord?.(peerId, reason);
     const raw = await fetchRecord(this.host.services.dht, peerId, signal);
@@ -103,17 +105,23 @@ export class Libp2pSpanProvider implements SpanProvider {
     if (info.state !== "online") return;
     const id = peerIdFromString(peerId);
     if (addrs.length) await this.host.peerStore.merge(id, { multiaddrs: addrs }).catch(() => {});
-    let rtt: number | undefined;
+    let rtt: number;
     try {
       rtt = (await this.host.services.ping.ping(id, { signal: AbortSignal.timeout(2000) })) / 1000;
-    } catch {
-      // unreachable for now: routing assumes a default RTT, and opening a session will tell
+    } catch (e) {
+      // A valid record of a node that does not answer (killed without withdrawing): leave it out.
+      return reject(`unreachable: ${(e as Error).message}`);
     }
     this.known.set(peerId, { info, rtt });
   }
 
   private now(): number {
     return this.opts.now?.() ?? Date.now();
+  }
+
+  /** The verified records (and RTTs) of the last `records()` call, for dashboards. */
+  get nodes(): { info: RecordBody; rtt?: number }[] {
+    return [...this.known.values()].map((e) => ({ ...e }));
   }
 
   rtts(): ReadonlyMap<string, number> {

@@ -4,6 +4,7 @@
 // may enter an overlapping span mid-way. A peer's message never crashes the node: malformed
 // input gets an error message, and only that stream is closed.
 import "./node20.js";
+import { setMaxListeners } from "node:events";
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { peerIdFromString } from "@libp2p/peer-id";
@@ -150,7 +151,9 @@ export class SpanNode {
       if (this.state === "online") await this.measureNextPings().catch(() => {});
       const signed = await signRecord(this.key, this.info(), Date.now());
       const blocks = Array.from({ length: this.opts.end - this.opts.start }, (_, i) => this.opts.start + i);
-      await announce(this.libp2p.services.dht, signed, this.libp2p.peerId.toString(), this.opts.modelId, blocks, AbortSignal.timeout(20_000));
+      const signal = AbortSignal.timeout(20_000);
+      setMaxListeners(Infinity, signal); // shared by the record's put and every block's provide
+      await announce(this.libp2p.services.dht, signed, this.libp2p.peerId.toString(), this.opts.modelId, blocks, signal);
     };
     // One announcement at a time; a failed one is retried at the next interval.
     this.announcing = this.announcing.then(run, run);
