@@ -13,6 +13,7 @@ import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { groupedBarChartSvg } from "./_svg.js";
 import { PRESETS, type TestModelSpec } from "../src/model/fixtures.js";
 import { fixtureConfig } from "../src/model/fixtures.js";
 import { readGguf } from "../src/model/gguf.js";
@@ -534,64 +535,13 @@ export async function main(args: string[]): Promise<void> {
 
 function barChartSvg(formats: Record<string, Record<string, number>>, flags: Flags, cpu: string): string {
   const names = Object.keys(formats);
-  const panels = [
-    { title: `Decode tok/s (${flags.decode} tokens)`, keys: ["tessera_decode_tps", "llamacpp_decode_tps"] },
-    { title: `Prefill tok/s (${flags.prompt}-token prompt)`, keys: ["tessera_prefill_tps", "llamacpp_prefill_tps"] },
-  ];
-  const colors = ["#3b6fd8", "#e8833a"];
-  const labels = ["Tessera", "llama.cpp"];
-  const W = 420;
-  const H = 300;
-  const pad = { l: 56, r: 16, t: 40, b: 40 };
-  const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
-  const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
-  const out: string[] = [];
-  const totalW = W * panels.length;
-  const totalH = H + 50;
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${totalW}" height="${totalH}" viewBox="0 0 ${totalW} ${totalH}" font-family="sans-serif" font-size="12">`);
-  out.push(`<rect width="100%" height="100%" fill="white"/>`);
-  panels.forEach((p, pi) => {
-    const x0 = pi * W;
-    const plotW = W - pad.l - pad.r;
-    const plotH = H - pad.t - pad.b;
-    const max = Math.max(1e-9, ...names.flatMap((n) => p.keys.map((k) => formats[n]![k]!)));
-    const step = niceStep(max / 5);
-    const top = Math.ceil(max / step) * step;
-    const y = (v: number) => pad.t + plotH - (v / top) * plotH;
-    out.push(`<text x="${x0 + W / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
-    const tickDigits = Math.max(0, -Math.floor(Math.log10(step)));
-    for (let v = 0; v <= top + 1e-9; v += step) {
-      out.push(`<line x1="${x0 + pad.l}" x2="${x0 + W - pad.r}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#ddd"/>`);
-      out.push(`<text x="${x0 + pad.l - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${v.toFixed(tickDigits)}</text>`);
-    }
-    const groupW = plotW / names.length;
-    const barW = Math.min(48, (groupW * 0.7) / p.keys.length);
-    names.forEach((n, gi) => {
-      const gx = x0 + pad.l + gi * groupW + (groupW - barW * p.keys.length) / 2;
-      p.keys.forEach((k, bi) => {
-        const v = formats[n]![k]!;
-        const bx = gx + bi * barW;
-        out.push(`<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(pad.t + plotH - y(v)).toFixed(1)}" fill="${colors[bi]}"/>`);
-        out.push(`<text x="${(bx + barW / 2 - 1).toFixed(1)}" y="${(y(v) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${fmt(v)}</text>`);
-      });
-      out.push(`<text x="${(x0 + pad.l + gi * groupW + groupW / 2).toFixed(1)}" y="${pad.t + plotH + 18}" text-anchor="middle">${esc(n)}</text>`);
-    });
-    out.push(`<line x1="${x0 + pad.l}" x2="${x0 + W - pad.r}" y1="${pad.t + plotH}" y2="${pad.t + plotH}" stroke="#333"/>`);
+  const panel = (title: string, keys: string[]) => ({ title, groups: names, values: keys.map((k) => names.map((n) => formats[n]![k]!)) });
+  return groupedBarChartSvg({
+    panels: [
+      panel(`Decode tok/s (${flags.decode} tokens)`, ["tessera_decode_tps", "llamacpp_decode_tps"]),
+      panel(`Prefill tok/s (${flags.prompt}-token prompt)`, ["tessera_prefill_tps", "llamacpp_prefill_tps"]),
+    ],
+    series: ["Tessera", "llama.cpp"],
+    footer: `${flags.preset}, ${flags.threads} threads, ${cpu}, median of ${flags.repeat}`,
   });
-  labels.forEach((l, i) => {
-    const lx = 20 + i * 110;
-    out.push(`<rect x="${lx}" y="${H + 8}" width="12" height="12" fill="${colors[i]}"/>`);
-    out.push(`<text x="${lx + 18}" y="${H + 18}">${l}</text>`);
-  });
-  out.push(
-    `<text x="${totalW - 10}" y="${H + 18}" text-anchor="end" fill="#555" font-size="11">${esc(`${flags.preset}, ${flags.threads} threads, ${cpu}, median of ${flags.repeat}`)}</text>`,
-  );
-  out.push(`</svg>`);
-  return `${out.join("\n")}\n`;
-}
-
-function niceStep(raw: number): number {
-  const p = 10 ** Math.floor(Math.log10(raw));
-  const m = raw / p;
-  return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
 }

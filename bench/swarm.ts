@@ -17,6 +17,7 @@ import { loadTokenizer } from "../src/model/tokenizer.js";
 import { SwarmClient } from "../src/swarm/client.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { type Codec, frameBytes } from "../src/wire/tensor-frame.js";
+import { groupedBarChartSvg } from "./_svg.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -151,5 +152,20 @@ export async function main(argv: string[]): Promise<void> {
   console.log(`hop overhead ${hopOverhead.toFixed(2)} ms relayed, ${chainedHopOverhead.toFixed(2)} ms chained; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
   mkdirSync(join(here, "results"), { recursive: true });
   writeFileSync(join(here, "results", "swarm.json"), JSON.stringify(result, null, 2) + "\n");
-  console.log("wrote bench/results/swarm.json");
+  const counts = ["1", "2", "3", "4"];
+  writeFileSync(
+    join(here, "results", "swarm.svg"),
+    groupedBarChartSvg({
+      panels: [
+        {
+          title: "Decode ms/token through n nodes (loopback)",
+          groups: counts.map((n) => `${n} node${n === "1" ? "" : "s"}`),
+          values: [counts.map((n) => baselineByNodes[n]!), counts.map((n) => byNodes[n]!), counts.map((n) => chainedByNodes[n] ?? NaN)],
+        },
+      ],
+      series: ["in-process engine", "client-relayed", "chained"],
+      footer: `shipped model; medians over ${rounds} rounds; ${result.machine.cpu}, ${result.machine.cores} cores`,
+    }),
+  );
+  console.log("wrote bench/results/swarm.json and swarm.svg");
 }
