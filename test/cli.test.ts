@@ -57,3 +57,10 @@ test("demo starts three node processes, streams a chat through them and shuts th
   assert.match(stdout, /\d+ tokens through the swarm at [\d.]+ tok\/s/);
   assert.match(stdout, /swarm stopped/);
 });
+
+test("--logit-bias parses ID=BIAS, -inf, and repeats into one map; bad forms are refused", async () => {
+  const { logitBiasArg } = await import("../src/cli/args.js");
+  const bias = logitBiasArg("7=-inf", logitBiasArg("42=2.5", logitBiasArg("3=-100")));
+  assert.deepEqual([...bias], [[3, -100], [42, 2.5], [7, -Infinity]]);
+  for (const bad of ["42", "x=1", "42=", "-1=2", "42=abc"]) assert.throws(() => logitBiasArg(bad), /expected TOKEN_ID=BIAS/);
+});

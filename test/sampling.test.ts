@@ -70,6 +70,22 @@ describe("rng and helpers", () => {
 });
 
 describe("sampleToken", () => {
+  test("logit bias: -inf bans a token, a large bias forces one, ids outside the vocabulary are refused", () => {
+    const logits = randomLogits(1000, 3);
+    const best = argmax(logits);
+    const rng = createRng(5);
+    const banned = sampleToken(logits, params({ temperature: 0, logitBias: new Map([[best, -Infinity]]) }), [], rng);
+    assert.notEqual(banned, best);
+    const second = argmax(Float32Array.from(logits, (v, i) => (i === best ? -Infinity : v)));
+    assert.equal(banned, second);
+    for (let i = 0; i < 50; i++) {
+      assert.equal(sampleToken(logits, params({ temperature: 1, topK: 40, logitBias: new Map([[17, 1000]]) }), [], rng), 17);
+      assert.notEqual(sampleToken(logits, params({ temperature: 1, topK: 2, logitBias: new Map([[best, -Infinity]]) }), [], rng), best);
+    }
+    assert.throws(() => sampleToken(logits, params({ logitBias: new Map([[1000, 1]]) }), [], rng), /token 1000, outside the vocabulary of 1000/);
+    assert.equal(logits[best], Math.max(...logits), "the caller's logits are left as they were");
+  });
+
   test("is deterministic with a seed", () => {
     const logits = randomLogits(32000, 1);
     const p = params({ temperature: 0.8, topK: 50, topP: 0.9 });

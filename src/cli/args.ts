@@ -16,3 +16,11 @@ export function floatArg(value: string): number {
 export function intListArg(value: string): number[] {
   return value.split(",").filter(Boolean).map(intArg);
 }
+
+/** Repeatable "ID=BIAS" (BIAS a number, or -inf to ban the token) into a map. */
+export function logitBiasArg(value: string, previous: Map<number, number> = new Map()): Map<number, number> {
+  const match = /^(\d+)=(-?inf|[-+]?\d*\.?\d+(?:e[-+]?\d+)?)$/i.exec(value.trim());
+  if (!match) throw new InvalidArgumentError(`expected TOKEN_ID=BIAS (e.g. 42=-100 or 42=-inf), got '${value}'`);
+  const bias = /inf/i.test(match[2]!) ? (match[2]!.startsWith("-") ? -Infinity : Infinity) : Number(match[2]);
+  return new Map(previous).set(Number(match[1]), bias);
+}

@@ -22,6 +22,7 @@ interface GenerateFlags extends EngineFlags {
   topP: number;
   minP: number;
   repetitionPenalty: number;
+  logitBias?: Map<number, number>;
   seed: number;
   stop: string[];
   ignoreEos?: boolean;
@@ -46,6 +47,7 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
       topP: flags.topP,
       minP: flags.minP,
       repetitionPenalty: flags.repetitionPenalty,
+      logitBias: flags.logitBias,
     },
     seed: flags.seed,
     stop: flags.stop,

@@ -1,7 +1,7 @@
 // The `tessera` command line.
 import { Command, Option } from "commander";
 import { SHIPPED_MODEL } from "../model/shipped.js";
-import { floatArg, intArg } from "./args.js";
+import { floatArg, intArg, logitBiasArg } from "./args.js";
 import { convertCommand } from "./convert.js";
 import { demoCommand } from "./demo.js";
 import { encryptModelCommand } from "./encrypt-model.js";
@@ -34,6 +34,7 @@ addEngineOptions(
   .option("--top-p <p>", "nucleus sampling mass", floatArg, 0.95)
   .option("--min-p <p>", "drop tokens below p × the top probability", floatArg, 0)
   .option("--repetition-penalty <r>", "penalty for recent tokens (1: none)", floatArg, 1.1)
+  .option("--logit-bias <id=bias>", "add bias to a token's logit before sampling; -inf bans it (repeatable; plaintext ids, applied here, never sent to nodes)", logitBiasArg)
   .option("--seed <n>", "random seed", intArg, 42)
   .option("--stop <text>", "stop string (repeatable)", collect, [])
   .option("--ignore-eos", "keep generating past the end-of-sequence token")

@@ -1,4 +1,4 @@
-// Next-token selection from logits: repetition penalty, temperature, top-k, top-p, min-p.
+// Next-token selection from logits: logit bias, repetition penalty, temperature, top-k, top-p, min-p.
 // Pure functions; randomness comes in as an rng so runs are reproducible.
 
 export interface SamplingParams {
@@ -14,6 +14,8 @@ export interface SamplingParams {
   repetitionPenalty: number;
   /** How many of the most recent tokens the penalty looks at; undefined = all of them. */
   repetitionWindow?: number;
+  /** Added to a token's logit before anything else (OpenAI/vLLM `logit_bias`); -Infinity bans it. */
+  logitBias?: ReadonlyMap<number, number>;
 }
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
@@ -83,6 +85,17 @@ export function applyRepetitionPenalty(
   return out;
 }
 
+/** The logits with `bias` added per token id; the input itself when there is no bias. */
+export function applyLogitBias(logits: Float32Array, bias: ReadonlyMap<number, number> | undefined): Float32Array {
+  if (!bias?.size) return logits;
+  const out = logits.slice();
+  for (const [id, b] of bias) {
+    if (!(Number.isInteger(id) && id >= 0 && id < out.length)) throw new RangeError(`logit bias for token ${id}, outside the vocabulary of ${out.length}`);
+    out[id] += b;
+  }
+  return out;
+}
+
 /** Tokens more than this many nats (after temperature) below the best get weight 0. */
 const ZERO_WEIGHT_EXPONENT = 60;
 
@@ -92,7 +105,8 @@ export function sampleToken(
   previousTokens: readonly number[],
   rng: () => number,
 ): number {
-  const scores = applyRepetitionPenalty(logits, previousTokens, params.repetitionPenalty, params.repetitionWindow);
+  const biased = applyLogitBias(logits, params.logitBias);
+  const scores = applyRepetitionPenalty(biased, previousTokens, params.repetitionPenalty, params.repetitionWindow);
   const best = argmax(scores);
   if (isGreedy(params) || !(scores[best] > -Infinity)) return best;
 
