@@ -21,7 +21,8 @@ import { announce, DHT_PROTOCOL } from "../src/swarm/dht.js";
 import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
-import { decodeMessage, encodeControl, encodeStep, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
+import { decodeMessage, encodeControl, encodePush, encodeStep, Kind, PUSH_PROTOCOL, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
+import { PROBE_PROTOCOL } from "../src/swarm/link-probe.js";
 import { RouteSession } from "../src/swarm/route-session.js";
 import type { NodeInfo } from "../src/swarm/protocol.js";
 import { RECORD_TTL_MS, type SignedRecord, signRecord, verifyRecord } from "../src/swarm/signed-record.js";
@@ -213,6 +214,44 @@ test("when a node stops mid-generation the session re-routes, replays history an
   session.close();
   const records = await provider().records();
   assert.ok(!records.some((r) => r.peerId === second), "a node that stops cleanly withdraws its record");
+});
+
+test("garbage on the push, probe and link paths is dropped; pushes from unlinked peers are ignored; the node keeps serving", async () => {
+  const node = nodes[1]!;
+  const addr = multiaddr(node.addresses[0]!);
+  const send = async (protocol: string, messages: Uint8Array[]) => {
+    const stream = await client.dialProtocol(addr, protocol);
+    const lp = lpStream(stream, { maxDataLength: 4 << 20 });
+    for (const m of messages) await lp.write(m).catch(() => {});
+    return { stream, lp };
+  };
+  // Pushes: garbage, a push for an unknown session, a push that is not a step.
+  const garbage = await send(PUSH_PROTOCOL, [Uint8Array.of(7, 1, 2), new Uint8Array(40).fill(7), encodePush("ab".repeat(16), encodeControl(Kind.Opened, { start: 0, end: 1 }))]);
+  await garbage.stream.close().catch(() => {});
+  // Probe: an oversized probe is cut off; the node stays up.
+  const probe = await send(PROBE_PROTOCOL, [new Uint8Array((1 << 20) + 1)]);
+  await probe.stream.close().catch(() => {});
+  // A session with a sessionId, linked to accept pushes from another peer only: our push is ignored.
+  const { stream, lp } = await send(SPAN_PROTOCOL, [encodeControl(Kind.Open, { start: 2, end: 4, maxLength: 16, codec: "none", sessionId: "cd".repeat(16) })]);
+  assert.equal(decodeMessage((await lp.read()).subarray()).kind, Kind.Opened);
+  await lp.write(encodeControl(Kind.Link, { next: { peerId: "not a peer id", sessionId: "x", addrs: [] } }));
+  const badLink = decodeMessage((await lp.read()).subarray());
+  assert.equal(badLink.kind === Kind.Error && badLink.error.code, "BAD_SHAPE");
+  await stream.close().catch(() => {});
+  const { stream: s2, lp: lp2 } = await send(SPAN_PROTOCOL, [encodeControl(Kind.Open, { start: 2, end: 4, maxLength: 16, codec: "none", sessionId: "ef".repeat(16) })]);
+  assert.equal(decodeMessage((await lp2.read()).subarray()).kind, Kind.Opened);
+  await lp2.write(encodeControl(Kind.Link, { prev: nodes[0]!.info().peerId }));
+  const stepsBefore = node.stats.steps;
+  const hidden = { data: new Float32Array(2 * checkpoint.config.hiddenSize), shape: [1, 2, checkpoint.config.hiddenSize], codec: "none" as const };
+  const push = await send(PUSH_PROTOCOL, [encodePush("ef".repeat(16), encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, hidden }))]);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(node.stats.steps, stepsBefore, "a push from a peer that is not the linked predecessor is not run");
+  await push.stream.close().catch(() => {});
+  // The same step from the client runs.
+  await lp2.write(encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, hidden }));
+  assert.equal(decodeMessage((await lp2.read()).subarray()).kind, Kind.Result);
+  await s2.close().catch(() => {});
+  assert.equal(node.libp2p.status, "started");
 });
 
 test("a session idle past the timeout is closed with IDLE_TIMEOUT and its cache released", async () => {
