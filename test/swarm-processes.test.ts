@@ -2,6 +2,7 @@
 // killed with SIGKILL mid-generation.
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { promisify } from "node:util";
@@ -71,6 +72,14 @@ test("three node processes serve a model; killing one mid-generation changes no 
     const args = ["generate", "--model", model, "--prompt", "In the beginning", "-t", "0", "-n", "10", "--json"];
     const viaSwarm = JSON.parse((await run(process.execPath, [bin, ...args, ...alive])).stdout);
     const dashboard = (await run(process.execPath, [bin, "swarm", "--model", model, "--bootstrap", first.addr])).stdout;
+    // Scoring through the swarm (windows routed for throughput) gives the local perplexity.
+    const data = join(model, "..", "eval-text.txt");
+    await writeFile(data, "In the beginning God created the heaven and the earth. ".repeat(12));
+    const evalArgs = ["eval", "--model", model, "-d", data, "--window", "32", "--json"];
+    const evalSwarm = JSON.parse((await run(process.execPath, [bin, ...evalArgs, "--swarm", first.addr])).stdout);
+    const evalLocal = JSON.parse((await run(process.execPath, [bin, ...evalArgs])).stdout);
+    assert.equal(evalSwarm.predicted, evalLocal.predicted);
+    assert.ok(Math.abs(evalSwarm.perplexity - evalLocal.perplexity) < 1e-3 * evalLocal.perplexity, `swarm ${evalSwarm.perplexity} vs local ${evalLocal.perplexity}`);
     assert.match(dashboard, /2 nodes online, 4 blocks/, "the killed node is gone once its record is dropped or it is unreachable");
     const onThisMachine = JSON.parse((await run(process.execPath, [bin, ...args])).stdout);
     assert.deepEqual(viaSwarm.tokens, onThisMachine.tokens);

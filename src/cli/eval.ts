@@ -1,5 +1,10 @@
 import { readFile } from "node:fs/promises";
 import { evaluateTokens } from "../engine/evaluate.js";
+import { openCheckpoint } from "../model/checkpoint.js";
+import { loadTokenizer } from "../model/tokenizer.js";
+import { SwarmClient } from "../swarm/client.js";
+import { modelIdFor } from "../swarm/model-id.js";
+import type { Codec } from "../wire/tensor-frame.js";
 import { type EngineFlags, loadLocalModel } from "./engine-options.js";
 import { withProgress } from "./progress.js";
 
@@ -7,19 +12,24 @@ interface EvalFlags extends EngineFlags {
   data: string;
   window: number;
   json?: boolean;
+  swarm: string[];
+  codec: Codec;
+  modelId?: string;
+  routing: "min-latency" | "max-throughput";
 }
 
 export async function evalCommand(flags: EvalFlags): Promise<void> {
-  const { checkpoint, tokenizer, pipeline } = await loadLocalModel(flags, {
-    showProgress: !flags.json,
-    maxSequence: Math.max(flags.window, 16),
-  });
+  const { config, tokenizer, session, done } = flags.swarm.length ? await swarmSession(flags) : await localSession(flags);
   const tokens = tokenizer.encode(await readFile(flags.data, "utf8"), { addSpecial: false });
-  const session = pipeline.openSession(flags.window);
-  const result = await withProgress("evaluating", !flags.json, (onProgress) =>
-    evaluateTokens(session, tokens, checkpoint.config.vocabSize, { window: flags.window, onWindow: onProgress }),
-  );
-  await pipeline.release();
+  let result;
+  try {
+    result = await withProgress("evaluating", !flags.json, (onProgress) =>
+      evaluateTokens(session, tokens, config.vocabSize, { window: flags.window, onWindow: onProgress }),
+    );
+  } finally {
+    session.close();
+    await done();
+  }
   if (flags.json) {
     console.log(JSON.stringify({ model: flags.model, data: flags.data, weights: flags.weights, window: flags.window, ...result }, null, 2));
   } else {
@@ -27,5 +37,25 @@ export async function evalCommand(flags: EvalFlags): Promise<void> {
       `perplexity ${result.perplexity.toFixed(3)}, top-1 accuracy ${(100 * result.top1).toFixed(2)}% ` +
         `over ${result.predicted} predicted tokens (window ${flags.window}, ${flags.weights})`,
     );
+  }
+}
+
+async function localSession(flags: EvalFlags) {
+  const { checkpoint, tokenizer, pipeline } = await loadLocalModel(flags, { showProgress: !flags.json, maxSequence: Math.max(flags.window, 16) });
+  return { config: checkpoint.config, tokenizer, session: pipeline.openSession(flags.window), done: () => pipeline.release() };
+}
+
+/** Scoring is batch work: by default its windows are routed for throughput, not latency. */
+async function swarmSession(flags: EvalFlags) {
+  const checkpoint = await openCheckpoint(flags.model);
+  const tokenizer = await loadTokenizer(checkpoint);
+  const modelId = flags.modelId ?? (await modelIdFor(flags.model));
+  const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { modelId, codec: flags.codec });
+  try {
+    const session = await client.openSession(flags.window, { routing: flags.routing });
+    return { config: checkpoint.config, tokenizer, session, done: () => client.close() };
+  } catch (e) {
+    await client.close();
+    throw e;
   }
 }

@@ -31,6 +31,7 @@ interface GenerateFlags extends EngineFlags {
   codec: Codec;
   modelId?: string;
   chain: "auto" | "on" | "off";
+  routing: "min-latency" | "max-throughput";
   /** EE key file: the nodes (or --encrypted-model) run the checkpoint encrypted with it. */
   key?: string;
   encryptedModel?: string;
@@ -127,6 +128,7 @@ async function swarmSession(flags: GenerateFlags) {
     const needed = promptTokensFor(tokenizer, flags).length + flags.maxTokens;
     session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, needed), {
       chained: flags.chain === "auto" ? "auto" : flags.chain === "on",
+      routing: flags.routing,
       onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
     });
   } catch (e) {

@@ -46,6 +46,7 @@ addEngineOptions(
       .choices(["auto", "on", "off"])
       .default("auto"),
   )
+  .addOption(new Option("--routing <mode>", "with --swarm: route for latency (interactive) or spread load for throughput").choices(["min-latency", "max-throughput"]).default("min-latency"))
   .option("--model-id <id>", "with --swarm: the name the nodes announce the model under (default: the checkpoint's name, or the key's deployment id)")
   .option("--key <file>", "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here")
   .option("--encrypted-model <path>", "with --key and no --swarm: run this encrypted checkpoint on this machine")
@@ -98,6 +99,10 @@ addEngineOptions(program.command("eval").description("perplexity and next-token 
   .option("-d, --data <file>", "UTF-8 text to score (default: the shipped model's held-out text)", SHIPPED_MODEL.evalText)
   .option("--window <n>", "tokens per independent window", intArg, 256)
   .option("--json", "print the result as JSON")
+  .option("--swarm <multiaddr>", "score through the swarm joined at this node instead of on this machine (repeatable)", collect, [])
+  .addOption(new Option("--codec <codec>", "with --swarm: hidden-state codec on hops").choices(["none", "f16", "blockwise8"]).default("none"))
+  .option("--model-id <id>", "with --swarm: the id the nodes announce the model under")
+  .addOption(new Option("--routing <mode>", "with --swarm: how windows are routed").choices(["min-latency", "max-throughput"]).default("max-throughput"))
   .action(evalCommand);
 
 program

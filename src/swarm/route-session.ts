@@ -6,7 +6,7 @@ import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
 import type { LogitsSession } from "../engine/pipeline.js";
 import { BanList } from "./bans.js";
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
-import { CHAIN_MIN_GAIN_S, chainingGain, minLatencyRoute } from "./routing.js";
+import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "./routing.js";
 import type { LinkRequest, PushTarget } from "./protocol.js";
 
 export interface StepOptions {
@@ -53,6 +53,13 @@ export interface RouteSessionOptions {
    * CHAIN_MIN_GAIN_S, i.e. when the client is farther from the nodes than they are from each other.
    */
   chained?: boolean | "auto";
+  /**
+   * "min-latency" (default): Dijkstra for interactive decoding. "max-throughput": a random walk
+   * weighted by span length, spreading batch work (evaluation, many sessions) over the swarm.
+   */
+  routing?: "min-latency" | "max-throughput";
+  /** Randomness for max-throughput routing (passed in, so a simulator can drive it). */
+  random?: () => number;
   pushGraceMs?: number;
   /** Called on every failover, for logs and dashboards. */
   onFailover?: (event: { peerId: string; blocks: [number, number]; error: Error; replacement: Hop[] }) => void;
@@ -252,13 +259,16 @@ export class RouteSession implements LogitsSession {
     const now = this.opts.now?.() ?? Date.now();
     const records = await this.provider.records();
     this.lastRecords = records;
-    const request = { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), hopOverheadS: this.hopOverheadS };
+    const route = (excluded?: ReadonlySet<string>) =>
+      this.opts.routing === "max-throughput"
+        ? maxThroughputRoute(records, { start, end, excluded }, this.opts.random ?? Math.random)
+        : minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), hopOverheadS: this.hopOverheadS, excluded });
     try {
-      return minLatencyRoute(records, { ...request, excluded: this.bans.banned(now) });
+      return route(this.bans.banned(now));
     } catch (e) {
       if (!(e instanceof MissingBlocksError)) throw e;
       // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
-      return minLatencyRoute(records, request);
+      return route();
     }
   }
 }
