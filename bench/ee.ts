@@ -15,8 +15,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { EncryptedSession, VocabCipher } from "../src/ee/cipher.js";
-import { encryptModel } from "../src/ee/encrypt-model.js";
-import { deploymentId, type EeKey, type EeLevel, newKey, ropeLayoutOf, vocabHash } from "../src/ee/key.js";
+import { encryptModel, keyFieldsFor } from "../src/ee/encrypt-model.js";
+import { deploymentId, type EeLevel, newKey } from "../src/ee/key.js";
 import { type LogitsSession, LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
@@ -25,14 +25,9 @@ import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { SwarmClient } from "../src/swarm/client.js";
 import { defaultModelId } from "../src/swarm/model-id.js";
-import { SpanNode } from "../src/swarm/node.js";
+import { evenSpans, median, startSwarm } from "./_swarm-common.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 /**
  * Greedy decode after a short prompt: the median step latency over `steps` (after 4 warm-up
@@ -66,28 +61,12 @@ async function prefill(session: LogitsSession, tokens: number[], repeats = 3): P
   return Math.min(...ms);
 }
 
-function evenSpans(blocks: number, nodes: number): [number, number][] {
-  return Array.from({ length: nodes }, (_, i) => [Math.round((i * blocks) / nodes), Math.round(((i + 1) * blocks) / nodes)]);
-}
-
-/** A swarm of one node per span, the first started alone and the others joining through it. */
-async function startSwarm(checkpoint: Checkpoint, modelId: string, spans: [number, number][]): Promise<SpanNode[]> {
-  const opts = (start: number, end: number) => ({ checkpoint, modelId, start, end, maxSessionLength: 512 });
-  const first = await SpanNode.start(opts(...spans[0]!));
-  return [first, ...(await Promise.all(spans.slice(1).map(([a, b]) => SpanNode.start({ ...opts(a, b), bootstrap: first.addresses }))))];
-}
-
-async function keyFor(checkpoint: Checkpoint, level: EeLevel): Promise<EeKey> {
-  const c = checkpoint.config;
-  return newKey({ baseModelHash: await checkpointHash(checkpoint), vocabHash: vocabHash(await loadTokenizer(checkpoint)), vocabSize: c.vocabSize, level, ropeLayout: ropeLayoutOf(c) });
-}
-
 const weightBytes = (checkpoint: Checkpoint) => checkpoint.files.reduce((n, f) => n + statSync(f).size, 0);
 
 /** Wall seconds of encryptModel (fresh output each run, removed after), and its seconds per GB (1e9 bytes) of weights. */
 async function encryptTimes(model: string, level: EeLevel, runs: number, work: string) {
   const checkpoint = await openCheckpoint(model);
-  const key = await keyFor(checkpoint, level);
+  const key = newKey(await keyFieldsFor(checkpoint, level));
   const seconds: number[] = [];
   for (let r = 0; r < runs; r++) {
     const out = join(work, `enc-${level}-${r}`);
@@ -149,9 +128,8 @@ export async function main(argv: string[]): Promise<void> {
     const prompt = heldOut.slice(0, 32);
     const long = heldOut.slice(1000, 1000 + prefillTokens);
 
-    const key = await keyFor(plain, "L1");
     const encryptedPath = join(work, "tessera-kjv-ee-l1");
-    await encryptModel({ model: SHIPPED_MODEL.hf, key, level: "L1", out: encryptedPath });
+    const { key } = await encryptModel({ model: SHIPPED_MODEL.hf, level: "L1", out: encryptedPath });
     const encrypted = await openCheckpoint(encryptedPath);
     const cipher = VocabCipher.fromKey(key, tokenizer);
 

@@ -11,13 +11,13 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type LogitsSession, LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
-import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
+import { openCheckpoint } from "../src/model/checkpoint.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { SwarmClient } from "../src/swarm/client.js";
-import { SpanNode } from "../src/swarm/node.js";
 import { type Codec, frameBytes } from "../src/wire/tensor-frame.js";
 import { groupedBarChartSvg } from "./_svg.js";
+import { evenSpans, median, startSwarm } from "./_swarm-common.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -35,8 +35,6 @@ async function decodeSteps(session: LogitsSession, prompt: number[], steps: numb
   return out;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
 /**
  * Median per-token latency of each configuration, measured in interleaved rounds so that load
  * from other processes hits every configuration alike.
@@ -47,18 +45,6 @@ async function interleaved(sessions: LogitsSession[], prompt: number[], steps: n
     for (const [i, s] of sessions.entries()) samples[i]!.push(...(await decodeSteps(s, prompt, Math.ceil(steps / rounds))));
   }
   return samples.map(median);
-}
-
-/** Nodes in this process, joined through the first one's DHT. */
-async function startSwarm(checkpoint: Checkpoint, spans: [number, number][]): Promise<SpanNode[]> {
-  const options = { checkpoint, modelId: "bench", maxSessionLength: 512 };
-  const first = await SpanNode.start({ ...options, start: spans[0]![0], end: spans[0]![1] });
-  const rest = await Promise.all(spans.slice(1).map(([start, end]) => SpanNode.start({ ...options, start, end, bootstrap: first.addresses.slice(0, 1) })));
-  return [first, ...rest];
-}
-
-function evenSpans(blocks: number, nodes: number): [number, number][] {
-  return Array.from({ length: nodes }, (_, i) => [Math.round((i * blocks) / nodes), Math.round(((i + 1) * blocks) / nodes)]);
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -84,7 +70,7 @@ export async function main(argv: string[]): Promise<void> {
   const chainedByNodes: Record<string, number> = {};
   const byCodec: Record<string, number> = {};
   for (const n of [1, 2, 3, 4]) {
-    const nodes = await startSwarm(checkpoint, evenSpans(c.numLayers, n));
+    const nodes = await startSwarm(checkpoint, "bench", evenSpans(c.numLayers, n));
     const runs: { codec: Codec; chained: boolean }[] = [{ codec: "none", chained: false }];
     if (n > 1) runs.push({ codec: "none", chained: true });
     if (n === 2) runs.push({ codec: "f16", chained: false }, { codec: "blockwise8", chained: false });
@@ -107,7 +93,7 @@ export async function main(argv: string[]): Promise<void> {
 
   // Teacher-forced greedy agreement: the next-token argmax with blockwise 8-bit hops vs f32 hops.
   const agreementTokens = heldOut.slice(0, Number(values["agreement-tokens"]));
-  const nodes = await startSwarm(checkpoint, evenSpans(c.numLayers, 3));
+  const nodes = await startSwarm(checkpoint, "bench", evenSpans(c.numLayers, 3));
   const predictions: Record<string, number[]> = {};
   for (const codec of ["none", "blockwise8"] as Codec[]) {
     const client = await SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec });

@@ -6,14 +6,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EncryptedSession, VocabCipher } from "../ee/cipher.js";
 import { encryptModel } from "../ee/encrypt-model.js";
-import { deploymentId, newKey, ropeLayoutOf, vocabHash } from "../ee/key.js";
+import { deploymentId } from "../ee/key.js";
 import { generate } from "../engine/generate.js";
 import { openCheckpoint } from "../model/checkpoint.js";
-import { checkpointHash } from "../model/hash.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
-import { renderSwarm } from "../swarm/dashboard.js";
+import { formatRoute, renderSwarm, shortPeerId } from "../swarm/dashboard.js";
 import { type NodeProcess, spawnNode, stopNode } from "../swarm/node-process.js";
 
 interface DemoFlags {
@@ -43,10 +42,9 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
   const nodes: NodeProcess[] = [];
   let client: SwarmClient | undefined;
   try {
-    const key = newKey({ baseModelHash: await checkpointHash(checkpoint), vocabHash: vocabHash(tokenizer), vocabSize: c.vocabSize, level: "L1", ropeLayout: ropeLayoutOf(c) });
     const encrypted = join(dir, "tessera-kjv-ee");
     const t0 = performance.now();
-    const { manifest } = await encryptModel({ model: SHIPPED_MODEL.hf, key, level: "L1", out: encrypted });
+    const { key, manifest } = await encryptModel({ model: SHIPPED_MODEL.hf, level: "L1", out: encrypted }); // a fresh key, kept in memory
     console.log(
       `Encrypted the shipped model (EE L1, a fresh key for this run) in ${(performance.now() - t0).toFixed(0)} ms; ` +
         `deployment ${manifest.deploymentId.slice(0, 12)}…`,
@@ -65,11 +63,11 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
     const records = await client.provider.records();
     for (const [i, [a, b]] of spans.entries()) {
       const peer = records.find((r) => r.start === a && r.end === b)?.peerId ?? "?";
-      console.log(`  node ${i + 1}  ${shortId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
+      console.log(`  node ${i + 1}  ${shortPeerId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
     }
     console.log(`\n${indent(renderSwarm({ modelId: `deployment ${modelId.slice(0, 12)}…`, numBlocks: L, nodes: client.provider.nodes, barWidth: 24 }))}\n`);
     const route = await client.openSession(512);
-    console.log(`route: ${route.route.map((h) => `${shortId(h.peerId)} [${h.start},${h.end})`).join(" → ")}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`);
+    console.log(`route: ${formatRoute(route.route)}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`);
     const cipher = VocabCipher.fromKey(key, tokenizer);
     const session = new EncryptedSession(route, cipher);
 
@@ -105,8 +103,4 @@ function idList(ids: readonly number[], show = 10): string {
 
 function indent(text: string): string {
   return text.replace(/^(?=.)/gm, "  ");
-}
-
-function shortId(peerId: string): string {
-  return `…${peerId.slice(-6)}`;
 }

@@ -6,6 +6,7 @@ import type { LogitsSession } from "../engine/pipeline.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
+import { formatRoute } from "../swarm/dashboard.js";
 import { defaultModelId } from "../swarm/model-id.js";
 import { MissingBlocksError } from "../swarm/records.js";
 import type { RouteSession } from "../swarm/route-session.js";
@@ -144,7 +145,7 @@ async function swarmSession(flags: GenerateFlags) {
     throw e;
   }
   if (!flags.json) {
-    console.error(`[route: ${session.route.map((h) => `${h.peerId.slice(-6)} [${h.start},${h.end})`).join(" → ")}${ee ? `; encrypted (${ee.key.level}), deployment ${short(modelId)}` : ""}]`);
+    console.error(`[route: ${formatRoute(session.route)}${ee ? `; encrypted (${ee.key.level}), deployment ${short(modelId)}` : ""}]`);
   }
   const inner: LogitsSession = session;
   return { tokenizer, session: ee ? new EncryptedSession(inner, ee.cipher) : inner, done: () => client.close() };

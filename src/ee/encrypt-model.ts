@@ -11,7 +11,7 @@ import { dequantize, quantize } from "../model/quant.js";
 import { INDEX_FILE_NAME, readSafetensors, type SafetensorsInput, writeSafetensors } from "../model/safetensors.js";
 import { readTensorBytes } from "../model/tensor-file.js";
 import { loadTokenizer } from "../model/tokenizer.js";
-import { CheckpointError, type DType, type ModelConfig, type TensorInfo } from "../model/types.js";
+import { CheckpointError, type DType, type TensorInfo } from "../model/types.js";
 import {
   deploymentId,
   deriveModelPermutations,
@@ -20,7 +20,6 @@ import {
   type EeLevel,
   newKey,
   readKeyFile,
-  type RopeLayout,
   ropeLayoutOf,
   vocabHash,
   writeKeyFile,
@@ -43,7 +42,7 @@ export interface EncryptModelOptions {
   model: string;
   /** A key file: read and checked against the model when it exists, else created (mode 0600). */
   keyFile?: string;
-  /** Or the key itself. */
+  /** Or the key itself. With neither, a fresh key is made and only returned (e.g. one per session). */
   key?: EeKey;
   level: EeLevel;
   /** Output folder (Hugging Face input) or .gguf file (GGUF input); must not exist yet. */
@@ -56,7 +55,7 @@ export interface EncryptModelOptions {
 
 export interface EncryptModelResult {
   key: EeKey;
-  /** A new key was generated and written to keyFile. */
+  /** A new key was generated (and written to keyFile, when one was given). */
   keyCreated: boolean;
   manifest: EeManifest;
   /** Where the manifest was written: `<out>/ee-manifest.json`, or `<name>.ee-manifest.json` beside a .gguf. */
@@ -69,26 +68,15 @@ export async function encryptModel(opts: EncryptModelOptions): Promise<EncryptMo
   const checkpoint = await openCheckpoint(opts.model);
   const c = checkpoint.config;
   if (existsSync(opts.out)) throw new CheckpointError("already exists; encrypt-model writes a new folder or file", opts.out);
-  const tokenizer = await loadTokenizer(checkpoint);
-  const base = {
-    baseModelHash: await checkpointHash(checkpoint),
-    vocabHash: vocabHash(tokenizer),
-    vocabSize: c.vocabSize,
-    level: opts.level,
-    ropeLayout: ropeLayoutOf(c),
-  };
+  const base = await keyFieldsFor(checkpoint, opts.level);
 
   let key = opts.key;
   let keyCreated = false;
+  if (!key && opts.keyFile && existsSync(opts.keyFile)) key = await readKeyFile(opts.keyFile);
   if (!key) {
-    if (!opts.keyFile) throw new EeKeyError("encryptModel needs a key or a keyFile");
-    if (existsSync(opts.keyFile)) {
-      key = await readKeyFile(opts.keyFile);
-    } else {
-      key = newKey(base);
-      await writeKeyFile(opts.keyFile, key);
-      keyCreated = true;
-    }
+    key = newKey(base);
+    if (opts.keyFile) await writeKeyFile(opts.keyFile, key);
+    keyCreated = true;
   }
   checkKeyFits(key, base, opts.keyFile ?? "key");
 
@@ -107,6 +95,18 @@ export async function encryptModel(opts: EncryptModelOptions): Promise<EncryptMo
   const manifestFile = manifestFileFor(opts.out, checkpoint.format);
   await writeFile(manifestFile, JSON.stringify(manifest, null, 2) + "\n");
   return { key, keyCreated, manifest, manifestFile, requantized };
+}
+
+/** Everything a key for this plaintext checkpoint and level records, but the secret. */
+export async function keyFieldsFor(checkpoint: Checkpoint, level: EeLevel): Promise<Omit<EeKey, "v" | "secret">> {
+  const c = checkpoint.config;
+  return {
+    baseModelHash: await checkpointHash(checkpoint),
+    vocabHash: vocabHash(await loadTokenizer(checkpoint)),
+    vocabSize: c.vocabSize,
+    level,
+    ropeLayout: ropeLayoutOf(c),
+  };
 }
 
 function checkKeyFits(key: EeKey, base: Omit<EeKey, "v" | "secret">, where: string): void {
@@ -144,7 +144,7 @@ async function writeHf(checkpoint: Checkpoint, plan: Map<string, TensorTransform
       const tensors: SafetensorsInput[] = [];
       for (const name of fileNames) {
         const info = checkpoint.info(name);
-        const transposed = hfStoresTransposed(c, name);
+        const transposed = checkpoint.storedTransposed(name);
         const storedShape = transposed ? [...info.shape].reverse() : info.shape;
         const t = plan.get(name);
         const raw = await readTensorBytes(info);
@@ -168,11 +168,6 @@ async function writeHf(checkpoint: Checkpoint, plan: Map<string, TensorTransform
     throw e;
   }
   return []; // F32/F16/BF16 elements move exactly
-}
-
-/** Hugging Face GPT-2 stores its Conv1D weights [in, out] (the checkpoint reads them transposed). */
-function hfStoresTransposed(c: ModelConfig, name: string): boolean {
-  return c.architecture === "gpt2" && /^blk\.\d+\.(attn_qkv|attn_output|ffn_up|ffn_down)\.weight$/.test(name);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 // α (with signs), input columns by σ.
 import { expectedShapes } from "../model/config.js";
 import type { DType, ModelConfig } from "../model/types.js";
-import { ropeLayoutOf, type ModelPermutations, type QkMap } from "./key.js";
+import { identity, ropeLayoutOf, type ModelPermutations, type QkMap } from "./key.js";
 
 /** One axis: out[i] = signs[i] · in[map[i]] (signs absent: all +1). */
 export interface AxisMap {
@@ -38,7 +38,7 @@ export function planTransforms(c: ModelConfig, p: ModelPermutations, opts: Trans
   if (p.layers.length !== c.numLayers) throw new RangeError(`permutations for ${p.layers.length} layers, the model has ${c.numLayers}`);
   const plan = new Map<string, TensorTransform>();
   const sigmaNorm = p.hidden.map;
-  const sigma = opts.sigmaOnNormsOnly ? identityMap(c.hiddenSize) : p.hidden.map;
+  const sigma = opts.sigmaOnNormsOnly ? identity(c.hiddenSize).map : p.hidden.map;
   const put = (name: string, rows?: AxisMap, cols?: AxisMap) => {
     const t: TensorTransform = {};
     if (rows && !isIdentity(rows)) t.rows = rows;
@@ -180,12 +180,6 @@ function concatAxes(parts: AxisMap[]): AxisMap {
     at += part.map.length;
   }
   return { map, signs };
-}
-
-function identityMap(n: number): Uint32Array {
-  const map = new Uint32Array(n);
-  for (let i = 0; i < n; i++) map[i] = i;
-  return map;
 }
 
 function isIdentity(a: AxisMap): boolean {

@@ -3,7 +3,7 @@
 import type { Checkpoint } from "../model/checkpoint.js";
 import { spanTensorNames } from "../model/config.js";
 import type { ModelConfig } from "../model/types.js";
-import { type KvSession, SessionError, SpanRunner } from "./runtime.js";
+import { forwardThrough, type KvSession, SessionError, SpanRunner } from "./runtime.js";
 import type { SpanModelOptions } from "./span-model.js";
 
 /** A sequence being decoded: feed tokens, get next-token logits. */
@@ -71,9 +71,7 @@ class ChainedSession implements LogitsSession {
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
     const before = this.length;
     try {
-      let out = await this.spans[0]!.forward({ tokens }, opts);
-      for (const s of this.spans.slice(1)) out = await s.forward({ hidden: out.hidden }, opts);
-      return out.logits!;
+      return (await forwardThrough(this.spans, { tokens }, opts)).logits!;
     } catch (e) {
       // Keep every span at the same length, so the session stays usable after a failed step.
       for (const s of this.spans) if (s.length > before) s.truncate(before);

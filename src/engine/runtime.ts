@@ -30,6 +30,13 @@ export interface ForwardOutput {
   hidden?: Float32Array;
 }
 
+/** Runs consecutive spans' sessions one after another, each taking the previous one's hidden states. */
+export async function forwardThrough(sessions: readonly KvSession[], input: ForwardInput, opts: { allLogits?: boolean } = {}): Promise<ForwardOutput> {
+  let out = await sessions[0]!.forward(input, opts);
+  for (const s of sessions.slice(1)) out = await s.forward({ hidden: out.hidden }, opts);
+  return out;
+}
+
 export class SpanRunner {
   private constructor(
     readonly config: ModelConfig,

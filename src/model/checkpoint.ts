@@ -23,6 +23,8 @@ export interface Checkpoint {
   has(name: string): boolean;
   /** Stored tensor info under its canonical name, shape in canonical orientation. */
   info(name: string): TensorInfo;
+  /** Whether the file stores the tensor transposed (Hugging Face GPT-2's Conv1D weights, [in, out]). */
+  storedTransposed(name: string): boolean;
   /** The stored bytes in canonical orientation (already-transposed raw blocks are not possible, see readF32). */
   readRaw(name: string): Promise<RawTensor>;
   /** Dequantized values, row-major in canonical orientation ([out, in] for projections). */
@@ -116,6 +118,7 @@ function buildCheckpoint(
       const { m, info } = lookup(name);
       return m.transposed ? { ...info, shape: [...info.shape].reverse() } : info;
     },
+    storedTransposed: (name) => lookup(name).m.transposed,
     async readRaw(name) {
       const { m, info } = lookup(name);
       if (m.transposed) throw new CheckpointError("stored transposed; use readF32", info.file, m.stored);

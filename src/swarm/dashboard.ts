@@ -1,6 +1,7 @@
 // The swarm as a person reads it: one row per node (span, measured speed, free cache, RTT, link),
 // then one bar per block showing how much decode throughput serves it, so the weakest and the
 // uncovered blocks stand out. Pure: records in, text out.
+import type { Hop } from "./records.js";
 import type { RecordBody } from "./signed-record.js";
 
 export interface DashboardInput {
@@ -11,7 +12,14 @@ export interface DashboardInput {
   barWidth?: number;
 }
 
-const short = (peerId: string) => `…${peerId.slice(-6)}`;
+/** A peer id as people compare them: its last six characters. */
+export const shortPeerId = (peerId: string) => `…${peerId.slice(-6)}`;
+const short = shortPeerId;
+
+/** "…a1b2c3 [0,4) → …d4e5f6 [4,8)" */
+export function formatRoute(route: readonly Hop[]): string {
+  return route.map((h) => `${short(h.peerId)} [${h.start},${h.end})`).join(" → ");
+}
 const fixed = (v: number | undefined, digits: number) => (v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits));
 
 export function renderSwarm({ modelId, numBlocks, nodes, barWidth = 40 }: DashboardInput): string {

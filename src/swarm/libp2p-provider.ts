@@ -5,13 +5,12 @@ import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { lpStream } from "@libp2p/utils";
 import type { Multiaddr } from "@multiformats/multiaddr";
 import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { blockHolders, fetchRecord } from "./dht.js";
 import type { SwarmHost } from "./host.js";
-import { decodeMessage, encodeControl, encodeStep, Kind, type LinkRequest, MAX_MESSAGE_BYTES, type Message, type PushTarget, SPAN_PROTOCOL } from "./protocol.js";
+import { decodeMessage, encodeControl, encodeStep, framedStream, Kind, type LinkRequest, type Message, type PushTarget, SPAN_PROTOCOL } from "./protocol.js";
 import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
 import type { RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
@@ -24,6 +23,20 @@ export function spanThroughput(info: Pick<RecordBody, "inferenceRps" | "linkMbps
   const compute = info.inferenceRps || 1;
   if (!(info.linkMbps > 0)) return compute;
   return Math.min(compute, (info.linkMbps * 1e6) / (16 * hiddenSize));
+}
+
+/** What the decision functions (routing, placement) see of a verified node record. */
+export function toSpanRecord(info: Omit<RecordBody, "expiresAt">, hiddenSize: number): SpanRecord {
+  return {
+    peerId: info.peerId,
+    start: info.start,
+    end: info.end,
+    state: info.state,
+    throughput: spanThroughput(info, hiddenSize),
+    inferenceRps: info.inferenceRps || undefined,
+    cacheTokensLeft: info.cacheTokensLeft,
+    nextPings: info.nextPings,
+  };
 }
 
 /** A node answered a step with an error, or broke the protocol. */
@@ -56,7 +69,7 @@ export interface ProviderOptions {
 }
 
 export class Libp2pSpanProvider implements SpanProvider {
-  private known = new Map<string, { info: RecordBody; rtt?: number }>();
+  private known = new Map<string, { info: RecordBody; rtt: number }>();
 
   constructor(
     private readonly host: SwarmHost,
@@ -77,18 +90,7 @@ export class Libp2pSpanProvider implements SpanProvider {
 
     this.known.clear();
     await Promise.all([...holders].map(([peer, addrs]) => this.admit(peer, addrs, signal)));
-    return [...this.known.values()]
-      .map(({ info }) => ({
-        peerId: info.peerId,
-        start: info.start,
-        end: info.end,
-        state: "online" as const,
-        throughput: spanThroughput(info, this.opts.hiddenSize),
-        inferenceRps: info.inferenceRps || undefined,
-        cacheTokensLeft: info.cacheTokensLeft,
-        nextPings: info.nextPings,
-      }))
-      .sort((a, b) => a.peerId.localeCompare(b.peerId));
+    return [...this.known.values()].map(({ info }) => toSpanRecord(info, this.opts.hiddenSize)).sort((a, b) => a.peerId.localeCompare(b.peerId));
   }
 
   /** Fetches, verifies and pings one block holder; keeps it if it is a reachable, online server of our model. */
@@ -120,14 +122,12 @@ export class Libp2pSpanProvider implements SpanProvider {
   }
 
   /** The verified records (and RTTs) of the last `records()` call, for dashboards. */
-  get nodes(): { info: RecordBody; rtt?: number }[] {
+  get nodes(): { info: RecordBody; rtt: number }[] {
     return [...this.known.values()].map((e) => ({ ...e }));
   }
 
   rtts(): ReadonlyMap<string, number> {
-    const m = new Map<string, number>();
-    for (const [peer, e] of this.known) if (e.rtt !== undefined) m.set(peer, e.rtt);
-    return m;
+    return new Map([...this.known].map(([peer, e]) => [peer, e.rtt]));
   }
 
   async open(hop: Hop, maxLength: number): Promise<RemoteSpan> {
@@ -158,8 +158,7 @@ class RemoteSpanStream implements RemoteSpan {
     private readonly opts: ProviderOptions,
     private readonly addrs: string[],
   ) {
-    stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
-    this.lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
+    this.lp = framedStream(stream);
     void this.readLoop();
   }
 

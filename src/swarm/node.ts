@@ -8,29 +8,28 @@ import { setMaxListeners } from "node:events";
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { lpStream } from "@libp2p/utils";
-import { type KvSession, SessionError, SpanRunner } from "../engine/runtime.js";
+import { multiaddr } from "@multiformats/multiaddr";
+import { forwardThrough, type KvSession, SessionError, SpanRunner } from "../engine/runtime.js";
 import type { WeightFormat } from "../engine/weights.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { checkpointHash } from "../model/hash.js";
 import { ProtocolError } from "../wire/errors.js";
-import type { Codec } from "../wire/tensor-frame.js";
+import { encodeTensor } from "../wire/tensor-frame.js";
 import { announce, blockHolders, DHT_PROTOCOL } from "./dht.js";
 import { createSwarmHost, joinSwarm, type SwarmHost } from "./host.js";
-import { Libp2pSpanProvider, spanThroughput } from "./libp2p-provider.js";
+import { Libp2pSpanProvider, toSpanRecord } from "./libp2p-provider.js";
 import { answerProbe, PROBE_PROTOCOL, probeLink } from "./link-probe.js";
 import { rebalance } from "./placement.js";
-import type { SpanRecord } from "./records.js";
 import { signRecord } from "./signed-record.js";
 import {
   decodeMessage,
   encodeControl,
-  encodeResult,
-  Kind,
-  MAX_MESSAGE_BYTES,
-  type NodeInfo,
   encodePush,
+  encodeResult,
   encodeStep,
+  framedStream,
+  Kind,
+  type NodeInfo,
   type LinkRequest,
   type OpenRequest,
   PUSH_PROTOCOL,
@@ -174,8 +173,8 @@ export class SpanNode {
   }
 
   private async measureNextPings(): Promise<void> {
-    const { end, numBlocks } = { end: this.opts.end, numBlocks: this.opts.checkpoint.config.numLayers };
-    if (end >= numBlocks) return;
+    const { end } = this.opts;
+    if (end >= this.opts.checkpoint.config.numLayers) return;
     const holders = await blockHolders(this.libp2p.services.dht, this.opts.modelId, end, AbortSignal.timeout(5000));
     const pings: Record<string, number> = {};
     const self = this.libp2p.peerId.toString();
@@ -207,9 +206,8 @@ export class SpanNode {
     for (const s of [...this.openSessions]) {
       if (now - s.lastUsed < this.opts.idleTimeoutMs) continue;
       this.release(s);
-      const lp = lpStream(s.stream);
-      void lp
-        .write(encodeControl(Kind.Error, { code: "IDLE_TIMEOUT", message: `no step for ${this.opts.idleTimeoutMs} ms; the session was closed` }))
+      void s
+        .reply(encodeControl(Kind.Error, { code: "IDLE_TIMEOUT", message: `no step for ${this.opts.idleTimeoutMs} ms; the session was closed` }))
         .catch(() => {})
         .finally(() => s.stream.close().catch(() => s.stream.abort(new Error("idle"))));
       closed++;
@@ -282,8 +280,7 @@ export class SpanNode {
     const c = this.opts.checkpoint.config;
     const provider = new Libp2pSpanProvider(this.libp2p, { modelId: this.opts.modelId, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers });
     const me = this.info();
-    const self: SpanRecord = { peerId: me.peerId, start: me.start, end: me.end, state: "online", throughput: spanThroughput(me, c.hiddenSize), cacheTokensLeft: me.cacheTokensLeft, nextPings: {} };
-    const target = rebalance([...(await provider.records()), self], me.peerId, c.numLayers, random);
+    const target = rebalance([...(await provider.records()), toSpanRecord(me, c.hiddenSize)], me.peerId, c.numLayers, random);
     if (target === undefined) return undefined;
     await this.moveTo(target);
     return target;
@@ -308,9 +305,7 @@ export class SpanNode {
   }
 
   private async serve(stream: Stream): Promise<void> {
-    stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
-    const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
-    const c = this.opts.checkpoint.config;
+    const lp = framedStream(stream);
     let session: OpenSession | undefined;
     const fail = async (code: string, message: string) => {
       await lp.write(encodeControl(Kind.Error, { code, message })).catch(() => {});
@@ -325,7 +320,7 @@ export class SpanNode {
         }
         let message;
         try {
-          message = decodeMessage(bytes, this.opts.maxSessionLength * Math.max(c.hiddenSize, 1));
+          message = decodeMessage(bytes, this.maxElements);
         } catch (e) {
           await fail(e instanceof ProtocolError ? e.code : "BAD_MESSAGE", (e as Error).message);
           return;
@@ -368,7 +363,7 @@ export class SpanNode {
       session.lastStepId = step.stepId;
       session.lastUsed = Date.now();
       this.opts.onStep?.(step);
-      let output: { bytes: Uint8Array; hidden?: Float32Array; rows: number };
+      let output: { frame: Uint8Array; hidden: boolean };
       try {
         output = await this.step(session, step);
       } catch (e) {
@@ -377,28 +372,26 @@ export class SpanNode {
         await session.reply(encodeControl(Kind.Error, { code, message: (e as Error).message })).catch(() => {});
         return;
       }
-      if (step.push && output.hidden && session.link.next) void this.push(session, step, output.hidden, output.rows);
-      await session.reply(output.bytes).catch(() => {});
+      // The encoded frame goes to the client as the result and, when pushing, to the next node as its step.
+      if (step.push && output.hidden && session.link.next) void this.push(session, step, output.frame);
+      await session.reply(encodeResult(step.stepId, output.frame)).catch(() => {});
     };
     session.queue = session.queue.then(run, run);
     return session.queue;
   }
 
-  private async push(session: OpenSession, step: StepRequest, hidden: Float32Array, rows: number): Promise<void> {
+  private async push(session: OpenSession, step: StepRequest, frame: Uint8Array): Promise<void> {
     const next = session.link.next!;
     try {
       session.pushTo ??= this.openPushStream(next.peerId, next.addrs);
       const send = await session.pushTo;
-      const c = this.opts.checkpoint.config;
-      const message = encodeStep({ ...step, hidden: { data: hidden, shape: [1, rows, c.hiddenSize], codec: session.request.codec }, tokens: undefined });
-      await send(encodePush(next.sessionId, message));
+      await send(encodePush(next.sessionId, encodeStep({ ...step, tokens: undefined, hidden: undefined, frame })));
     } catch {
       session.pushTo = undefined; // the client relays this step after its grace period
     }
   }
 
   private async openPushStream(peerId: string, addrs: string[]): Promise<(bytes: Uint8Array) => Promise<void>> {
-    const { multiaddr } = await import("@multiformats/multiaddr");
     const id = peerIdFromString(peerId);
     const known = addrs.flatMap((a) => {
       try {
@@ -408,9 +401,7 @@ export class SpanNode {
       }
     });
     if (known.length) await this.libp2p.peerStore.merge(id, { multiaddrs: known });
-    const stream = await this.libp2p.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) });
-    stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
-    const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
+    const lp = framedStream(await this.libp2p.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) }));
     return async (bytes) => {
       await lp.write(bytes);
     };
@@ -418,12 +409,10 @@ export class SpanNode {
 
   /** Steps pushed by previous nodes; only the peer the client linked as `prev` may push into a session. */
   private async acceptPushes(stream: Stream, from: string): Promise<void> {
-    stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
-    const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
-    const c = this.opts.checkpoint.config;
+    const lp = framedStream(stream);
     try {
       for (;;) {
-        const message = decodeMessage((await lp.read()).subarray(), this.opts.maxSessionLength * Math.max(c.hiddenSize, 1));
+        const message = decodeMessage((await lp.read()).subarray(), this.maxElements);
         if (message.kind !== Kind.Push) return;
         const session = this.byId.get(message.sessionId);
         // Unknown or unlinked sessions are ignored: the client relays the step itself.
@@ -463,7 +452,13 @@ export class SpanNode {
     if (this.libp2p.status === "started") this.releaseUnusedBlocks();
   }
 
-  private async step(session: OpenSession, step: StepRequest): Promise<{ bytes: Uint8Array; hidden?: Float32Array; rows: number }> {
+  /** Largest tensor a peer may send: a full-length session's hidden states. */
+  private get maxElements(): number {
+    return this.opts.maxSessionLength * Math.max(this.opts.checkpoint.config.hiddenSize, 1);
+  }
+
+  /** Runs a step on the session's blocks; its output (logits or hidden states) as an encoded tensor frame. */
+  private async step(session: OpenSession, step: StepRequest): Promise<{ frame: Uint8Array; hidden: boolean }> {
     const c = this.opts.checkpoint.config;
     const { start, end, codec } = session.request;
     const length = session.sessions[0]!.length;
@@ -485,16 +480,11 @@ export class SpanNode {
       input = { hidden: h.data };
     }
     const t0 = performance.now();
-    let out = await session.sessions[0]!.forward(input, { allLogits: step.allLogits });
-    for (const s of session.sessions.slice(1)) out = await s.forward({ hidden: out.hidden }, { allLogits: step.allLogits });
+    const out = await forwardThrough(session.sessions, input, { allLogits: step.allLogits });
     const count = input.tokens ? input.tokens.length : input.hidden!.length / c.hiddenSize;
     this.recordSpeed(count, end - start, performance.now() - t0);
-    if (out.logits) {
-      const rows = out.logits.length / c.vocabSize;
-      return { bytes: encodeResult(step.stepId, out.logits, [1, rows, c.vocabSize], "none"), rows };
-    }
-    const rows = out.hidden!.length / c.hiddenSize;
-    return { bytes: encodeResult(step.stepId, out.hidden!, [1, rows, c.hiddenSize], codec as Codec), hidden: out.hidden!, rows };
+    if (out.logits) return { frame: encodeTensor(out.logits, [1, out.logits.length / c.vocabSize, c.vocabSize], "none"), hidden: false };
+    return { frame: encodeTensor(out.hidden!, [1, out.hidden!.length / c.hiddenSize, c.hiddenSize], codec), hidden: true };
   }
 
   /**
@@ -508,8 +498,7 @@ export class SpanNode {
     const run = async (count: number) => {
       const input = start === 0 ? { tokens: Array.from({ length: count }, (_, i) => (i * 7919) % c.vocabSize) } : { hidden: new Float32Array(count * c.hiddenSize).fill(0.01) };
       const t0 = performance.now();
-      let out = await sessions[0]!.forward(input);
-      for (const s of sessions.slice(1)) out = await s.forward({ hidden: out.hidden });
+      await forwardThrough(sessions, input);
       return performance.now() - t0;
     };
     try {

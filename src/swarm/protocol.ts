@@ -2,6 +2,8 @@
 // is length-prefixed and starts with its kind. Control messages are small JSON objects, tensors
 // travel as binary tensor frames (src/wire). Everything a peer sends is validated here, so the
 // node and the client only ever see well-formed values.
+import type { Stream } from "@libp2p/interface";
+import { lpStream } from "@libp2p/utils";
 import { decodeTensor, encodeTensor, type Codec, CODECS, type DecodedTensor } from "../wire/tensor-frame.js";
 import { ProtocolError } from "../wire/errors.js";
 
@@ -103,10 +105,19 @@ export function encodeControl(kind: Kind.Open | Kind.Opened | Kind.Error | Kind.
   return out;
 }
 
-export function encodeStep(step: { stepId: number; startFromPosition: number; allLogits: boolean; push?: boolean; tokens?: ArrayLike<number>; hidden?: { data: Float32Array; shape: number[]; codec: Codec } }): Uint8Array {
+/** A step message; hidden states as values to encode, or as an already encoded tensor frame. */
+export function encodeStep(step: {
+  stepId: number;
+  startFromPosition: number;
+  allLogits: boolean;
+  push?: boolean;
+  tokens?: ArrayLike<number>;
+  hidden?: { data: Float32Array; shape: number[]; codec: Codec };
+  frame?: Uint8Array;
+}): Uint8Array {
   const payload = step.tokens
     ? new Uint8Array(Int32Array.from(step.tokens).buffer)
-    : encodeTensor(step.hidden!.data, step.hidden!.shape, step.hidden!.codec);
+    : (step.frame ?? encodeTensor(step.hidden!.data, step.hidden!.shape, step.hidden!.codec));
   const out = new Uint8Array(10 + payload.byteLength);
   const view = new DataView(out.buffer);
   out[0] = Kind.Step;
@@ -126,13 +137,19 @@ export function encodePush(sessionId: string, step: Uint8Array): Uint8Array {
   return out;
 }
 
-export function encodeResult(stepId: number, data: Float32Array, shape: number[], codec: Codec): Uint8Array {
-  const frame = encodeTensor(data, shape, codec);
+/** A result message around an encoded tensor frame (encodeTensor). */
+export function encodeResult(stepId: number, frame: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + frame.byteLength);
   out[0] = Kind.Result;
   new DataView(out.buffer).setUint32(1, stepId, true);
   out.set(frame, 5);
   return out;
+}
+
+/** A span or push stream read and written as length-prefixed messages of up to MAX_MESSAGE_BYTES. */
+export function framedStream(stream: Stream) {
+  stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
+  return lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
 }
 
 // ------------------------------------------------------------------ decoding

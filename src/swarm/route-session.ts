@@ -95,8 +95,7 @@ export class RouteSession implements LogitsSession {
   static async open(provider: SpanProvider, opts: RouteSessionOptions): Promise<RouteSession> {
     const session = new RouteSession(provider, opts);
     session.hops = await session.connect(0, opts.numBlocks);
-    session.decideChaining();
-    if (session.chained) await session.linkHops();
+    await session.relink();
     return session;
   }
 
@@ -114,7 +113,7 @@ export class RouteSession implements LogitsSession {
   }
 
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
-    const chained = this.chained;
+    const chained = this.chaining;
     const stepOpts: StepOptions = { ...opts, stepId: ++this.stepCounter, push: chained };
     let input: ForwardInput = { tokens: [...tokens] };
     for (let i = 0; i < this.hops.length; i++) {
@@ -143,14 +142,14 @@ export class RouteSession implements LogitsSession {
     this.hops = [];
   }
 
-  private get chained(): boolean {
+  /** Whether nodes push to each other on the current route. */
+  get chaining(): boolean {
     const wanted = this.opts.chained === "auto" ? this.chainPays : Boolean(this.opts.chained);
     return wanted && this.hops.length > 1 && this.hops.every((h) => h.span.chain);
   }
 
-  /** Whether chaining is on for this session's current route, for display. */
-  get chaining(): boolean {
-    return this.chained;
+  private now(): number {
+    return this.opts.now?.() ?? Date.now();
   }
 
   /**
@@ -170,9 +169,11 @@ export class RouteSession implements LogitsSession {
     return this.hopOverheadS;
   }
 
-  private decideChaining(): void {
+  /** After (re)routing: decides whether chaining pays on this route and, if on, links the hops. */
+  private async relink(): Promise<void> {
     const route = this.hops.map((h) => h.hop);
     this.chainPays = chainingGain(route, this.lastRecords, this.provider.rtts()) > CHAIN_MIN_GAIN_S;
+    if (this.chaining) await this.linkHops();
   }
 
   /** Tells every hop where to push and whom to accept pushes from. */
@@ -222,8 +223,7 @@ export class RouteSession implements LogitsSession {
   /** Bans the failed hop's peer and splices in a new route for its blocks, rebuilt from history. */
   private async replace(index: number, error: Error): Promise<void> {
     const failed = this.hops[index]!;
-    const now = this.opts.now?.() ?? Date.now();
-    this.bans.ban(failed.hop.peerId, now);
+    this.bans.ban(failed.hop.peerId, this.now());
     void failed.span.close().catch(() => {});
     const replacement = await this.connect(failed.hop.start, failed.hop.end);
     // Replay: the first new hop gets the whole history; each later one gets its predecessor's outputs.
@@ -236,8 +236,7 @@ export class RouteSession implements LogitsSession {
       }
     }
     this.hops.splice(index, 1, ...replacement);
-    this.decideChaining();
-    if (this.chained) await this.linkHops();
+    await this.relink();
     this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
   }
 
@@ -251,12 +250,11 @@ export class RouteSession implements LogitsSession {
       if (failed < 0) return route.map((hop, i) => ({ hop, span: (opened[i] as PromiseFulfilledResult<RemoteSpan>).value, history: [] }));
       for (const o of opened) if (o.status === "fulfilled") void o.value.close().catch(() => {});
       if (attempt >= maxRetries) throw (opened[failed] as PromiseRejectedResult).reason;
-      this.bans.ban(route[failed]!.peerId, this.opts.now?.() ?? Date.now());
+      this.bans.ban(route[failed]!.peerId, this.now());
     }
   }
 
   private async planRoute(start: number, end: number): Promise<Hop[]> {
-    const now = this.opts.now?.() ?? Date.now();
     const records = await this.provider.records();
     this.lastRecords = records;
     const route = (excluded?: ReadonlySet<string>) =>
@@ -264,7 +262,7 @@ export class RouteSession implements LogitsSession {
         ? maxThroughputRoute(records, { start, end, excluded }, this.opts.random ?? Math.random)
         : minLatencyRoute(records, { start, end, needTokens: this.opts.maxLength, clientRtt: this.provider.rtts(), hopOverheadS: this.hopOverheadS, excluded });
     try {
-      return route(this.bans.banned(now));
+      return route(this.bans.banned(this.now()));
     } catch (e) {
       if (!(e instanceof MissingBlocksError)) throw e;
       // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
