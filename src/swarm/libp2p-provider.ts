@@ -78,19 +78,26 @@ export class Libp2pSpanProvider implements SpanProvider {
 
   /** Looks up the holders of every block in the DHT and returns their verified, online records. */
   async records(): Promise<SpanRecord[]> {
-    const { dht } = this.host.services;
     const signal = AbortSignal.timeout(this.opts.discoveryTimeoutMs ?? 10_000);
     setMaxListeners(Infinity, signal); // one deadline shared by every block's and peer's DHT query
+    this.known.clear();
+    const all = Array.from({ length: this.opts.numBlocks }, (_, b) => b);
+    await this.discover(all, signal);
+    // A DHT lookup can miss a holder (a provider record still on its way): look once more before
+    // calling a block uncovered.
+    const uncovered = all.filter((b) => ![...this.known.values()].some(({ info }) => info.start <= b && b < info.end));
+    if (uncovered.length) await this.discover(uncovered, signal);
+    return [...this.known.values()].map(({ info }) => toSpanRecord(info, this.opts.hiddenSize)).sort((a, b) => a.peerId.localeCompare(b.peerId));
+  }
+
+  /** Finds the holders of `blocks` in the DHT and admits the ones not known yet. */
+  private async discover(blocks: number[], signal: AbortSignal): Promise<void> {
+    const { dht } = this.host.services;
     const holders = new Map<string, Multiaddr[]>();
-    const perBlock = await Promise.all(
-      Array.from({ length: this.opts.numBlocks }, (_, b) => blockHolders(dht, this.opts.modelId, b, signal).catch(() => new Map<string, Multiaddr[]>())),
-    );
+    const perBlock = await Promise.all(blocks.map((b) => blockHolders(dht, this.opts.modelId, b, signal).catch(() => new Map<string, Multiaddr[]>())));
     for (const found of perBlock) for (const [peer, addrs] of found) holders.set(peer, [...(holders.get(peer) ?? []), ...addrs]);
     holders.delete(this.host.peerId.toString());
-
-    this.known.clear();
-    await Promise.all([...holders].map(([peer, addrs]) => this.admit(peer, addrs, signal)));
-    return [...this.known.values()].map(({ info }) => toSpanRecord(info, this.opts.hiddenSize)).sort((a, b) => a.peerId.localeCompare(b.peerId));
+    await Promise.all([...holders].filter(([peer]) => !this.known.has(peer)).map(([peer, addrs]) => this.admit(peer, addrs, signal)));
   }
 
   /** Fetches, verifies and pings one block holder; keeps it if it is a reachable, online server of our model. */
