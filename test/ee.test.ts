@@ -25,7 +25,8 @@ import {
 } from "../src/ee/key.js";
 import type { TransformOptions } from "../src/ee/transform.js";
 import { generate } from "../src/engine/generate.js";
-import { LocalPipeline, type LogitsSession } from "../src/engine/pipeline.js";
+import type { LogitsSession } from "../src/engine/interface.js";
+import { LocalPipeline } from "../src/engine/pipeline.js";
 import { SpanRunner } from "../src/engine/runtime.js";
 import { argmax, GREEDY } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";

@@ -20,9 +20,8 @@ import {
   f32ToF16,
   quantizeQ4_0,
   quantizeQ8_0,
-  quantizeToMatMulNBits,
-  toMatMulNBits,
 } from "../src/model/quant.js";
+import { quantizeToMatMulNBits, toMatMulNBits } from "../src/engine/matmul-nbits.js";
 import {
   readSafetensors,
   readSafetensorsDir,

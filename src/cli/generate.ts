@@ -2,7 +2,7 @@ import { EncryptedSession, VocabCipher } from "../ee/cipher.js";
 import { deploymentId, EeKeyError, readKeyFile, vocabHash } from "../ee/key.js";
 import { manifestFileFor, readManifestFor } from "../ee/manifest.js";
 import { generate } from "../engine/generate.js";
-import type { LogitsSession } from "../engine/pipeline.js";
+import type { LogitsSession } from "../engine/interface.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";

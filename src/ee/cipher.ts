@@ -1,6 +1,6 @@
 // The client side of EE: plaintext ids ↔ cipher ids, and a session that talks to an encrypted
 // model in cipher ids while its caller sees plaintext ids and plaintext-ordered logits.
-import type { LogitsSession } from "../engine/pipeline.js";
+import type { LogitsSession } from "../engine/interface.js";
 import { derivePermutation, EeKeyError, type EeKey, type Permutation, vocabHash } from "./key.js";
 
 export class VocabCipher {

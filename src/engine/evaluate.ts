@@ -1,6 +1,6 @@
 // Perplexity and next-token top-1 accuracy of a model over a token stream, in independent
 // windows (each window starts from an empty cache), through any chain of spans.
-import type { LogitsSession } from "./pipeline.js";
+import type { LogitsSession } from "./interface.js";
 import { argmax, logSoftmax } from "./sampling.js";
 
 export interface EvalResult {

@@ -1,7 +1,7 @@
 // The decoding loop: prefill the prompt, then sample, stream and feed back one token at a time
 // until EOS, a stop string or the token limit. Works on any LogitsSession (local or swarm).
 import { StreamDecoder, type Tokenizer } from "../model/tokenizer.js";
-import type { LogitsSession } from "./pipeline.js";
+import type { LogitsSession } from "./interface.js";
 import { createRng, type SamplingParams, sampleToken, StopMatcher } from "./sampling.js";
 
 export interface GenerateOptions {

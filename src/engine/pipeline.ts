@@ -3,18 +3,10 @@
 import type { Checkpoint } from "../model/checkpoint.js";
 import { spanTensorNames } from "../model/config.js";
 import type { ModelConfig } from "../model/types.js";
-import { forwardThrough, type KvSession, SessionError, SpanRunner } from "./runtime.js";
+import { forwardThrough, type LogitsSession, SessionError, type SpanSession } from "./interface.js";
+import { SpanRunner } from "./runtime.js";
 import type { SpanModelOptions } from "./span-model.js";
 
-/** A sequence being decoded: feed tokens, get next-token logits. */
-export interface LogitsSession {
-  readonly length: number;
-  readonly maxLength: number;
-  /** Appends tokens; returns logits [positions × vocab] (last position unless allLogits). */
-  append(tokens: readonly number[], opts?: { allLogits?: boolean }): Promise<Float32Array>;
-  truncate(position: number): void;
-  close(): void;
-}
 
 export interface PipelineOptions extends Partial<SpanModelOptions> {
   /** Block indices where one span ends and the next begins, e.g. [4] → [0,4) and [4,L). */
@@ -60,7 +52,7 @@ export class LocalPipeline {
 
 class ChainedSession implements LogitsSession {
   constructor(
-    private readonly spans: KvSession[],
+    private readonly spans: SpanSession[],
     readonly maxLength: number,
   ) {}
 

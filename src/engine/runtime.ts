@@ -6,38 +6,14 @@
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
-import { IO, type SpanSpec } from "./span-graph.js";
+import { type ForwardInput, type ForwardOptions, type ForwardOutput, SessionError, type SpanRuntime, type SpanSession, type SpanSpec } from "./interface.js";
+import { IO } from "./span-graph.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
 
 /** Smallest KV allocation, in positions. */
 const MIN_CAPACITY = 64;
 
-export class SessionError extends Error {
-  override name = "SessionError";
-}
-
-export interface ForwardInput {
-  /** Token ids (spans that include the embedding). */
-  tokens?: ArrayLike<number>;
-  /** Hidden states [tokens × hiddenSize] (spans without the embedding). */
-  hidden?: Float32Array;
-}
-
-export interface ForwardOutput {
-  /** [positions × vocab]: the last position only, unless allLogits was asked for. */
-  logits?: Float32Array;
-  /** [tokens × hiddenSize] (spans without the head). */
-  hidden?: Float32Array;
-}
-
-/** Runs consecutive spans' sessions one after another, each taking the previous one's hidden states. */
-export async function forwardThrough(sessions: readonly KvSession[], input: ForwardInput, opts: { allLogits?: boolean } = {}): Promise<ForwardOutput> {
-  let out = await sessions[0]!.forward(input, opts);
-  for (const s of sessions.slice(1)) out = await s.forward({ hidden: out.hidden }, opts);
-  return out;
-}
-
-export class SpanRunner {
+export class SpanRunner implements SpanRuntime {
   private constructor(
     readonly config: ModelConfig,
     readonly span: SpanSpec,
@@ -86,7 +62,7 @@ export class SpanRunner {
   }
 }
 
-export class KvSession {
+export class KvSession implements SpanSession {
   private caches: { key: ort.Tensor; value: ort.Tensor }[] = [];
   private capacity = 0;
   private _length = 0;
@@ -132,7 +108,7 @@ export class KvSession {
     this._length = position;
   }
 
-  async forward(input: ForwardInput, opts: { allLogits?: boolean } = {}): Promise<ForwardOutput> {
+  async forward(input: ForwardInput, opts: ForwardOptions = {}): Promise<ForwardOutput> {
     if (this.closed) throw new SessionError("session is closed");
     const { runner } = this;
     const c = runner.config;

@@ -6,16 +6,10 @@ import type { ModelConfig } from "../model/types.js";
 import { gpt2Blocks, gpt2Embedding } from "./graph-gpt2.js";
 import { llamaBlocks } from "./graph-llama.js";
 import { ElemType, type GraphBuilder } from "./onnx-builder.js";
+import type { SpanSpec } from "./interface.js";
 import { WeightLoader, type WeightFormat } from "./weights.js";
 
-export interface SpanSpec {
-  start: number;
-  end: number;
-  /** The span starts from token ids (includes the embedding). */
-  embed: boolean;
-  /** The span ends in logits (includes the final norm and LM head). */
-  head: boolean;
-}
+export type { SpanSpec } from "./interface.js";
 
 export const IO = {
   inputIds: "input_ids",

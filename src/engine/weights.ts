@@ -1,7 +1,8 @@
 // Turns checkpoint tensors into the initializers of a span graph: fused projections in the
 // engine's weight format (f32 MatMul, or MatMulNBits int8/int4 with 32-element blocks).
 import type { Checkpoint } from "../model/checkpoint.js";
-import { f32ArrayToF16, quantizeToMatMulNBits, toMatMulNBits } from "../model/quant.js";
+import { f32ArrayToF16 } from "../model/quant.js";
+import { quantizeToMatMulNBits, toMatMulNBits } from "./matmul-nbits.js";
 import { bytesOf, ElemType, type GraphBuilder, MS_DOMAIN } from "./onnx-builder.js";
 import { transpose } from "../model/transpose.js";
 

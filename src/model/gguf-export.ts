@@ -3,7 +3,7 @@
 // rope_freqs tensor, and 1-D tensors kept in F32 when the weights are quantized.
 import { mkdir } from "node:fs/promises";
 import { dirname } from "node:path";
-import { llama3FreqFactors } from "../engine/rope.js";
+import { llama3FreqFactors } from "./rope.js";
 import { expectedShapes } from "./config.js";
 import { gguf, type GgufTyped, writeGguf } from "./gguf.js";
 import { quantize } from "./quant.js";

@@ -6,7 +6,7 @@ import { setMaxListeners } from "node:events";
 import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import type { Multiaddr } from "@multiformats/multiaddr";
-import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
+import type { ForwardInput, ForwardOutput } from "../engine/interface.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { blockHolders, fetchRecord } from "./dht.js";
 import type { SwarmHost } from "./host.js";

@@ -2,8 +2,8 @@
 // it sent to each span (the history), and when a span fails it bans the peer, re-routes only
 // that span's blocks, replays the history to rebuild the replacement's KV cache, and goes on.
 // Transport-agnostic: nodes are reached through a SpanProvider (libp2p, or in-process in tests).
-import type { ForwardInput, ForwardOutput } from "../engine/runtime.js";
-import type { LogitsSession } from "../engine/pipeline.js";
+import type { ForwardInput, ForwardOutput } from "../engine/interface.js";
+import type { LogitsSession } from "../engine/interface.js";
 import { BanList } from "./bans.js";
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
 import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "./routing.js";

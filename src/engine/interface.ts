@@ -1,0 +1,80 @@
+// The engine as the rest of Tessera sees it: a span of blocks that opens KV-cached sessions, and
+// a sequence that turns tokens into logits. The swarm, verification and the API depend on these
+// types only, never on ONNX Runtime or the concrete runner (runtime.ts implements them), so a
+// span server can be driven by any runtime: ORT, a batching scheduler, or a stand-in in a test.
+
+/** Which blocks a span holds, and whether it embeds token ids (first span) and computes logits (last). */
+export interface SpanSpec {
+  start: number;
+  end: number;
+  embed: boolean;
+  head: boolean;
+}
+
+export interface ForwardInput {
+  /** Token ids (spans that include the embedding). */
+  tokens?: ArrayLike<number>;
+  /** Hidden states [tokens × hiddenSize] (spans without the embedding). */
+  hidden?: Float32Array;
+}
+
+export interface ForwardOutput {
+  /** [positions × vocab]: the last position only, unless allLogits was asked for. */
+  logits?: Float32Array;
+  /** [tokens × hiddenSize] (spans without the head). */
+  hidden?: Float32Array;
+}
+
+export interface ForwardOptions {
+  /** Logits for every new position, not only the last. */
+  allLogits?: boolean;
+}
+
+/** A request the engine refuses (bad shape, token outside the vocabulary, session full, bad rollback); the session stays usable. */
+export class SessionError extends Error {
+  override name = "SessionError";
+}
+
+/** One sequence's KV cache on a span. */
+export interface SpanSession {
+  /** Tokens held in the cache. */
+  readonly length: number;
+  readonly maxLength: number;
+  forward(input: ForwardInput, opts?: ForwardOptions): Promise<ForwardOutput>;
+  /** Forgets everything from `position` on (rollback). */
+  truncate(position: number): void;
+  close(): void;
+}
+
+/** A loaded span of blocks. */
+export interface SpanRuntime {
+  readonly span: SpanSpec;
+  /** Longest session it can open, in tokens. */
+  readonly maxSequence: number;
+  /** Bytes of KV cache one token takes in this span. */
+  readonly kvBytesPerToken: number;
+  openSession(maxLength: number): SpanSession;
+  release(): Promise<void>;
+}
+
+/** Loads blocks [start, end) of the model a server serves (embedding and head included where they belong). */
+export type SpanLoader = (start: number, end: number) => Promise<SpanRuntime>;
+
+/** A sequence being decoded: feed tokens, get next-token logits. */
+export interface LogitsSession {
+  readonly length: number;
+  readonly maxLength: number;
+  /** Appends tokens; returns logits [positions × vocab] (last position unless allLogits). */
+  append(tokens: readonly number[], opts?: ForwardOptions): Promise<Float32Array>;
+  truncate(position: number): void;
+  close(): void;
+}
+
+/** Runs consecutive spans' sessions one after another, each taking the previous one's hidden states. */
+export async function forwardThrough(sessions: readonly SpanSession[], input: ForwardInput, opts: ForwardOptions = {}): Promise<ForwardOutput> {
+  const [first, ...rest] = sessions;
+  if (!first) throw new SessionError("no span to run");
+  let out = await first.forward(input, opts);
+  for (const s of rest) out = await s.forward({ hidden: out.hidden }, opts);
+  return out;
+}
