@@ -1,5 +1,6 @@
 // Helpers shared by the swarm and EE benchmarks: in-process swarms and robust statistics.
 import type { Checkpoint } from "../src/model/checkpoint.js";
+import { servedCheckpoint } from "../src/engine/runtime.js";
 import { SpanNode } from "../src/swarm/node.js";
 
 export const median = (xs: number[]) => {
@@ -14,7 +15,8 @@ export function evenSpans(blocks: number, nodes: number): [number, number][] {
 
 /** A swarm of one node per span in this process, the first started alone and the others joining through it. */
 export async function startSwarm(checkpoint: Checkpoint, modelId: string, spans: [number, number][]): Promise<SpanNode[]> {
-  const opts = (start: number, end: number) => ({ checkpoint, modelId, start, end, maxSessionLength: 512 });
+  const model = await servedCheckpoint(checkpoint);
+  const opts = (start: number, end: number) => ({ model, modelId, start, end, maxSessionLength: 512 });
   const first = await SpanNode.start(opts(...spans[0]!));
   return [first, ...(await Promise.all(spans.slice(1).map(([a, b]) => SpanNode.start({ ...opts(a, b), bootstrap: first.addresses.slice(0, 1) }))))];
 }

@@ -12,6 +12,7 @@ import { encryptModel, type EncryptModelResult } from "../src/ee/encrypt-model.j
 import { deploymentId, type EeKey, newKey, ropeLayoutOf, vocabHash, writeKeyFile } from "../src/ee/key.js";
 import { generate } from "../src/engine/generate.js";
 import { LocalPipeline } from "../src/engine/pipeline.js";
+import { servedCheckpoint } from "../src/engine/runtime.js";
 import { GREEDY } from "../src/engine/sampling.js";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
 import { checkpointHash } from "../src/model/hash.js";
@@ -20,7 +21,7 @@ import { SwarmClient } from "../src/swarm/client.js";
 import { defaultModelId, modelIdFor } from "../src/swarm/model-id.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { spawnNode } from "../src/swarm/node-process.js";
-import type { StepRequest } from "../src/swarm/protocol.js";
+import type { ServerStep } from "../src/swarm/span-server.js";
 import { MissingBlocksError } from "../src/swarm/records.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
 
@@ -38,7 +39,7 @@ let encrypted: EncryptModelResult;
 let key: EeKey;
 let nodes: SpanNode[] = [];
 /** What each in-process node received, step by step, as decoded from the wire. */
-const seen = new Map<SpanNode, StepRequest[]>();
+const seen = new Map<SpanNode, ServerStep[]>();
 const children: ChildProcess[] = [];
 
 before(async () => {
@@ -53,9 +54,10 @@ before(async () => {
   key = encrypted.key;
   const checkpoint = await openCheckpoint(encryptedPath);
   const modelId = await modelIdFor(encryptedPath);
+  const model = await servedCheckpoint(checkpoint);
   const start = async (a: number, b: number, bootstrap?: string[]) => {
-    const steps: StepRequest[] = [];
-    const node = await SpanNode.start({ checkpoint, modelId, start: a, end: b, maxSessionLength: 128, bootstrap, onStep: (s) => steps.push(s) });
+    const steps: ServerStep[] = [];
+    const node = await SpanNode.start({ model, modelId, start: a, end: b, maxSessionLength: 128, bootstrap, onStep: (s) => steps.push(s) });
     seen.set(node, steps);
     return node;
   };

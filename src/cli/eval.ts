@@ -1,9 +1,9 @@
 import { readFile } from "node:fs/promises";
 import { evaluateTokens } from "../engine/evaluate.js";
-import { openCheckpoint } from "../model/checkpoint.js";
-import { loadTokenizer } from "../model/tokenizer.js";
+import { EeKeyError } from "../ee/key.js";
+import { manifestFileFor } from "../ee/manifest.js";
+import { openModelInfo } from "../swarm/model-info.js";
 import { SwarmClient } from "../swarm/client.js";
-import { modelIdFor } from "../swarm/model-id.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { type EngineFlags, loadLocalModel } from "./engine-options.js";
 import { withProgress } from "./progress.js";
@@ -47,13 +47,17 @@ async function localSession(flags: EvalFlags) {
 
 /** Scoring is batch work: by default its windows are routed for throughput, not latency. */
 async function swarmSession(flags: EvalFlags) {
-  const checkpoint = await openCheckpoint(flags.model);
-  const tokenizer = await loadTokenizer(checkpoint);
-  const modelId = flags.modelId ?? (await modelIdFor(flags.model));
-  const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { modelId, codec: flags.codec });
+  // Config and tokenizer only: a folder of config.json and tokenizer files (no weights) will do.
+  const info = await openModelInfo(flags.model);
+  if (info.manifest) {
+    throw new EeKeyError(`${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids, and eval has no --key; score the plaintext model`);
+  }
+  const tokenizer = await info.tokenizer();
+  const modelId = flags.modelId ?? info.modelId;
+  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec });
   try {
     const session = await client.openSession(flags.window, { routing: flags.routing });
-    return { config: checkpoint.config, tokenizer, session, done: () => client.close() };
+    return { config: info.config, tokenizer, session, done: () => client.close() };
   } catch (e) {
     await client.close();
     throw e;

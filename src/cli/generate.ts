@@ -4,10 +4,10 @@ import { manifestFileFor, readManifestFor } from "../ee/manifest.js";
 import { generate } from "../engine/generate.js";
 import type { LogitsSession } from "../engine/interface.js";
 import { openCheckpoint } from "../model/checkpoint.js";
+import { openModelInfo } from "../swarm/model-info.js";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
 import { formatRoute } from "../swarm/dashboard.js";
-import { defaultModelId } from "../swarm/model-id.js";
 import { MissingBlocksError } from "../swarm/records.js";
 import type { RouteSession } from "../swarm/route-session.js";
 import type { Codec } from "../wire/tensor-frame.js";
@@ -118,16 +118,23 @@ async function encryptedLocalSession(flags: GenerateFlags, keyFile: string) {
  */
 async function swarmSession(flags: GenerateFlags) {
   if (flags.encryptedModel) throw new EeKeyError("--encrypted-model runs on this machine; with --swarm the nodes hold the encrypted checkpoint");
-  const checkpoint = await openCheckpoint(flags.model);
-  const tokenizer = await loadTokenizer(checkpoint);
-  const ee = flags.key ? await clientCipher(flags.key, flags.model, checkpoint.config.vocabSize, tokenizer) : undefined;
-  const modelId = flags.modelId ?? (ee ? deploymentId(ee.key) : defaultModelId(flags.model));
-  const client = await SwarmClient.connect(flags.swarm, checkpoint.config, { modelId, codec: flags.codec });
+  // Config and tokenizer only: a folder of config.json and tokenizer files (no weights) will do.
+  const info = await openModelInfo(flags.model);
+  const tokenizer = await info.tokenizer();
+  const ee = flags.key ? await clientCipher(flags.key, flags.model, info.config.vocabSize, tokenizer) : undefined;
+  if (info.manifest && !ee) {
+    throw new EeKeyError(`${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids; pass --key, the key it was encrypted with`);
+  }
+  if (info.manifest && ee && info.manifest.deploymentId !== deploymentId(ee.key)) {
+    throw new EeKeyError(`${flags.key} is not the key of the deployment ${manifestFileFor(flags.model)} describes (deployment ${short(deploymentId(ee.key))}, the manifest says ${short(info.manifest.deploymentId)})`);
+  }
+  const modelId = flags.modelId ?? (ee ? deploymentId(ee.key) : info.modelId);
+  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec });
   let session: RouteSession;
   try {
     // Nodes reserve KV cache for the whole session: ask for what this prompt and --max-tokens need.
     const needed = promptTokensFor(tokenizer, flags).length + flags.maxTokens;
-    session = await client.openSession(Math.min(checkpoint.config.maxPositionEmbeddings, needed), {
+    session = await client.openSession(Math.min(info.config.maxPositionEmbeddings, needed), {
       chained: flags.chain === "auto" ? "auto" : flags.chain === "on",
       routing: flags.routing,
       onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
@@ -135,12 +142,12 @@ async function swarmSession(flags: GenerateFlags) {
   } catch (e) {
     await client.close();
     if (!(e instanceof MissingBlocksError)) throw e;
-    const all = e.blocks.length === checkpoint.config.numLayers;
+    const all = e.blocks.length === info.config.numLayers;
     const where = flags.modelId
       ? "(--model-id)"
       : ee
         ? `(the deployment id of ${flags.key}: do the nodes serve the checkpoint encrypted with this key?)`
-        : "(the checkpoint's name; encrypted checkpoints are announced under their deployment id: pass --key)";
+        : "(the name of the --model folder or file, as the nodes' checkpoint is named unless they were given --model-id; encrypted checkpoints are announced under their deployment id: pass --key)";
     e.message = `${all ? "no node" : `no reachable node for block${e.blocks.length > 1 ? "s" : ""} ${e.blocks.join(", ")}`} found through ${flags.swarm.join(", ")} under model id ${modelId} ${where}`;
     throw e;
   }

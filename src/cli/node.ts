@@ -1,3 +1,4 @@
+import { servedCheckpoint } from "../engine/runtime.js";
 import type { WeightFormat } from "../engine/weights.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
@@ -33,7 +34,7 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const modelId = flags.modelId ?? (await modelIdFor(flags.model));
   const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, modelId, checkpoint.config) : parseSpan(flags.blocks);
   const node = await SpanNode.start({
-    checkpoint,
+    model: await servedCheckpoint(checkpoint, { format: flags.weights, threads: flags.threads, maxSequence: flags.maxSession }),
     modelId,
     bootstrap: flags.bootstrap,
     throughput: flags.throughput,
@@ -41,8 +42,6 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     start,
     end: Math.min(end, L),
     cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),
-    format: flags.weights,
-    threads: flags.threads,
     maxSessionLength: flags.maxSession,
     listen: [`/ip4/${flags.host}/tcp/${flags.port}`],
   });

@@ -1,8 +1,7 @@
 // `tessera swarm`: the dashboard of a running swarm, read from its DHT through a bootstrap peer.
-import { openCheckpoint } from "../model/checkpoint.js";
+import { openModelInfo } from "../swarm/model-info.js";
 import { SwarmClient } from "../swarm/client.js";
 import { renderSwarm } from "../swarm/dashboard.js";
-import { modelIdFor } from "../swarm/model-id.js";
 
 interface SwarmStatusFlags {
   model: string;
@@ -13,8 +12,9 @@ interface SwarmStatusFlags {
 
 export async function swarmStatusCommand(flags: SwarmStatusFlags): Promise<void> {
   if (!flags.bootstrap.length) throw new Error("give a node of the swarm with --bootstrap MULTIADDR");
-  const { config } = await openCheckpoint(flags.model);
-  const modelId = flags.modelId ?? (await modelIdFor(flags.model));
+  // The block count and the default id only: config.json (or a GGUF header) and any EE manifest.
+  const { config, modelId: announced } = await openModelInfo(flags.model, { tokenizer: false });
+  const modelId = flags.modelId ?? announced;
   const client = await SwarmClient.connect(flags.bootstrap, config, { modelId });
   try {
     for (;;) {

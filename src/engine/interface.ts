@@ -2,6 +2,7 @@
 // a sequence that turns tokens into logits. The swarm, verification and the API depend on these
 // types only, never on ONNX Runtime or the concrete runner (runtime.ts implements them), so a
 // span server can be driven by any runtime: ORT, a batching scheduler, or a stand-in in a test.
+import type { ModelConfig } from "../model/types.js";
 
 /** Which blocks a span holds, and whether it embeds token ids (first span) and computes logits (last). */
 export interface SpanSpec {
@@ -59,6 +60,14 @@ export interface SpanRuntime {
 
 /** Loads blocks [start, end) of the model a server serves (embedding and head included where they belong). */
 export type SpanLoader = (start: number, end: number) => Promise<SpanRuntime>;
+
+/** What a span server needs of the model it serves: its config, its identity, and a way to load spans of it. */
+export interface ServedModel {
+  config: ModelConfig;
+  /** SHA-256 of the checkpoint's files, announced so clients and verifiers know which weights run. */
+  checkpointHash: string;
+  load: SpanLoader;
+}
 
 /** A sequence being decoded: feed tokens, get next-token logits. */
 export interface LogitsSession {

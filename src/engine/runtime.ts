@@ -5,13 +5,27 @@
 // session (doubling, up to its max length) instead of being reserved up front.
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../model/checkpoint.js";
+import { checkpointHash } from "../model/hash.js";
 import type { ModelConfig } from "../model/types.js";
-import { type ForwardInput, type ForwardOptions, type ForwardOutput, SessionError, type SpanRuntime, type SpanSession, type SpanSpec } from "./interface.js";
+import { type ForwardInput, type ForwardOptions, type ForwardOutput, SessionError, type ServedModel, type SpanRuntime, type SpanSession, type SpanSpec } from "./interface.js";
 import { IO } from "./span-graph.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
 
 /** Smallest KV allocation, in positions. */
 const MIN_CAPACITY = 64;
+
+/**
+ * A checkpoint served by this engine: spans [start, end) load as ORT span models (built once and
+ * cached on disk), with the embedding on the span from block 0 and the head on the last one.
+ */
+export async function servedCheckpoint(checkpoint: Checkpoint, options: Partial<SpanModelOptions> = {}): Promise<ServedModel> {
+  const L = checkpoint.config.numLayers;
+  return {
+    config: checkpoint.config,
+    checkpointHash: await checkpointHash(checkpoint),
+    load: (start, end) => SpanRunner.load(checkpoint, { start, end, embed: start === 0, head: end === L }, options),
+  };
+}
 
 export class SpanRunner implements SpanRuntime {
   private constructor(

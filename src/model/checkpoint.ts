@@ -3,7 +3,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { configFromGguf, configFromHf, expectedShapes } from "./config.js";
-import { readGguf } from "./gguf.js";
+import { type GgufFile, readGguf } from "./gguf.js";
 import { dequantize } from "./quant.js";
 import { readSafetensorsDir } from "./safetensors.js";
 import { readTensorBytes } from "./tensor-file.js";
@@ -45,7 +45,11 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
   return st.isDirectory() ? openHfFolder(path) : openGgufFile(path);
 }
 
-async function openHfFolder(dir: string): Promise<Checkpoint> {
+/**
+ * The config.json of a Hugging Face folder, without looking at its weights (shared with
+ * openModelInfo, src/model/model-info.ts).
+ */
+export async function readHfConfig(dir: string): Promise<ModelConfig> {
   const configFile = join(dir, "config.json");
   const configText = await readFile(configFile, "utf8").catch(() => {
     throw new CheckpointError("missing config.json (a Hugging Face folder needs one)", dir);
@@ -56,7 +60,19 @@ async function openHfFolder(dir: string): Promise<Checkpoint> {
   } catch (e) {
     throw new CheckpointError(`invalid JSON: ${(e as Error).message}`, configFile);
   }
-  const config = configFromHf(json, configFile);
+  return configFromHf(json, configFile);
+}
+
+/**
+ * The config a parsed GGUF header describes (its tensor table only says which tensors exist).
+ * ropeFreqFactors is not set: it is tensor data (rope_freqs.weight), read by openCheckpoint.
+ */
+export function ggufConfig(gguf: GgufFile): ModelConfig {
+  return configFromGguf(gguf.metadata, gguf.file, new Set(gguf.tensors.keys()));
+}
+
+async function openHfFolder(dir: string): Promise<Checkpoint> {
+  const config = await readHfConfig(dir);
   const stored = await readSafetensorsDir(dir);
   const mapping = hfNameTable(config, new Set(stored.keys()));
   return buildCheckpoint("hf", dir, config, new Map(), stored, mapping);
@@ -65,7 +81,7 @@ async function openHfFolder(dir: string): Promise<Checkpoint> {
 async function openGgufFile(file: string): Promise<Checkpoint> {
   const gguf = await readGguf(file);
   const names = new Set(gguf.tensors.keys());
-  const config = configFromGguf(gguf.metadata, file, names);
+  const config = ggufConfig(gguf);
   const mapping = new Map<string, Mapping>();
   for (const name of names) mapping.set(name, { stored: name, transposed: false });
   const checkpoint = buildCheckpoint("gguf", file, config, gguf.metadata, gguf.tensors, mapping);

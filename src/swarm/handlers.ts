@@ -1,0 +1,201 @@
+// The node's libp2p protocol handlers over a span server: the span protocol (one stream = one
+// session: open, steps, link), the push protocol (steps pushed by the previous node of a chained
+// route) and the link-speed probe. A peer's bytes never crash the node: malformed messages get
+// an error reply and close only their own stream.
+import type { Stream } from "@libp2p/interface";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
+import { errorMessage, logger } from "../log.js";
+import { ProtocolError } from "../wire/errors.js";
+import type { SwarmHost } from "./host.js";
+import { answerProbe, PROBE_PROTOCOL } from "./link-probe.js";
+import {
+  decodeMessage,
+  encodeControl,
+  encodePush,
+  encodeResult,
+  encodeStep,
+  framedStream,
+  Kind,
+  type LinkRequest,
+  type Message,
+  PUSH_PROTOCOL,
+  SPAN_PROTOCOL,
+  type StepRequest,
+} from "./protocol.js";
+import type { ServerSession, SpanServer, StepOutcome } from "./span-server.js";
+
+const log = logger("swarm:handler");
+
+type Send = (bytes: Uint8Array) => Promise<void>;
+
+/** A session's chaining state: where its outputs go, and who may push into it. */
+interface LinkState {
+  link: LinkRequest;
+  /** Writes to the client's stream (results of steps from the client or pushed by the previous node). */
+  reply: Send;
+  /** Stream to the next node for pushes, opened on first use. */
+  pushTo?: Promise<Send>;
+}
+
+export class SpanHandlers {
+  private links = new WeakMap<ServerSession, LinkState>();
+  /** Pushes dropped because their session is unknown or was not linked to the pushing peer. */
+  readonly stats = { pushesIgnored: 0 };
+
+  constructor(
+    private readonly host: SwarmHost,
+    private readonly server: SpanServer,
+  ) {}
+
+  async register(): Promise<void> {
+    await this.host.handle(SPAN_PROTOCOL, (stream, connection) => this.serveSession(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
+    await this.host.handle(PROBE_PROTOCOL, (stream) => answerProbe(stream), { maxInboundStreams: 8 });
+    await this.host.handle(PUSH_PROTOCOL, (stream, connection) => this.acceptPushes(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
+  }
+
+  /** One session on one stream of the span protocol. */
+  private async serveSession(stream: Stream, from: string): Promise<void> {
+    const lp = framedStream(stream);
+    const send: Send = async (bytes) => {
+      await lp.write(bytes);
+    };
+    let session: ServerSession | undefined;
+    const fail = async (code: string, message: string) => {
+      log("session %s from %s: %s: %s", session?.label ?? "(not open)", from, code, message);
+      await send(encodeControl(Kind.Error, { code, message })).catch((e) => log("could not tell %s about %s: %s", from, code, errorMessage(e)));
+    };
+    try {
+      for (;;) {
+        let bytes: Uint8Array;
+        try {
+          bytes = (await lp.read()).subarray();
+        } catch (e) {
+          // The client closed or reset the stream, or sent an oversized frame.
+          log.trace("stream from %s ended: %s", from, errorMessage(e));
+          return;
+        }
+        let message: Message;
+        try {
+          message = decodeMessage(bytes, this.server.maxElements);
+        } catch (e) {
+          return await fail(e instanceof ProtocolError ? e.code : "BAD_MESSAGE", errorMessage(e));
+        }
+        if (message.kind === Kind.Open) {
+          if (session) return await fail("ALREADY_OPEN", "this stream already carries a session");
+          const opened = await this.server.open(message.open, {
+            closed: (code, text) => {
+              send(encodeControl(Kind.Error, { code, message: text }))
+                .catch((e) => log("could not tell %s its session closed: %s", from, errorMessage(e)))
+                .finally(() => stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e)))));
+            },
+          });
+          if (!opened.ok) return await fail(opened.code, opened.message);
+          session = opened.session;
+          this.links.set(session, { link: {}, reply: send });
+          await send(encodeControl(Kind.Opened, { start: session.request.start, end: session.request.end }));
+        } else if (message.kind === Kind.Step) {
+          if (!session) return await fail("NOT_OPEN", "send an open message first");
+          if (!session.open) return; // closed for idleness meanwhile; its owner was told
+          await this.runStep(session, message.step, send);
+        } else if (message.kind === Kind.Link) {
+          if (!session) return await fail("NOT_OPEN", "send an open message first");
+          if (!session.request.sessionId) return await fail("BAD_STEP", "linking needs a session opened with a sessionId");
+          this.links.set(session, { link: message.link, reply: send });
+          log.trace("session %s linked: next %s, prev %s", session.label, message.link.next?.peerId ?? "none", message.link.prev ?? "none");
+        } else {
+          return await fail("UNEXPECTED", `message kind ${message.kind} is not for nodes`);
+        }
+      }
+    } finally {
+      if (session) this.server.close(session);
+      await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
+    }
+  }
+
+  /** Runs a step (from the client, or pushed); its result goes to the client and, for a pushed route, its output to the next node. */
+  private runStep(session: ServerSession, step: StepRequest, reply: Send, pushed = false): Promise<void> {
+    return this.server.step(
+      session,
+      step,
+      async (outcome: StepOutcome) => {
+        if (outcome.kind === "duplicate") return;
+        if (outcome.kind === "error") {
+          await reply(encodeControl(Kind.Error, { code: outcome.code, message: outcome.message })).catch((e) =>
+            log("session %s: could not send the error of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
+          );
+          return;
+        }
+        // One encoded frame: the result to the client and, when pushing, the next node's step.
+        const state = this.links.get(session);
+        if (step.push && outcome.hidden && state?.link.next) void this.push(session, state, step, outcome.frame);
+        await reply(encodeResult(outcome.stepId, outcome.frame)).catch((e) =>
+          log("session %s: could not send the result of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
+        );
+      },
+      pushed,
+    );
+  }
+
+  private async push(session: ServerSession, state: LinkState, step: StepRequest, frame: Uint8Array): Promise<void> {
+    const next = state.link.next;
+    if (!next) return;
+    try {
+      state.pushTo ??= this.openPushStream(next.peerId, next.addrs);
+      const send = await state.pushTo;
+      await send(encodePush(next.sessionId, encodeStep({ ...step, tokens: undefined, hidden: undefined, frame })));
+    } catch (e) {
+      state.pushTo = undefined; // reopened on the next push; the client relays this step after its grace period
+      log("session %s: push of step %d to %s failed: %s", session.label, step.stepId, next.peerId, errorMessage(e));
+    }
+  }
+
+  private async openPushStream(peerId: string, addrs: string[]): Promise<Send> {
+    const id = peerIdFromString(peerId);
+    const known: Multiaddr[] = [];
+    for (const a of addrs) {
+      try {
+        known.push(multiaddr(a));
+      } catch (e) {
+        log("ignoring the client's unreadable address %s for %s: %s", a, peerId, errorMessage(e));
+      }
+    }
+    if (known.length) await this.host.peerStore.merge(id, { multiaddrs: known });
+    const lp = framedStream(await this.host.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) }));
+    return async (bytes) => {
+      await lp.write(bytes);
+    };
+  }
+
+  /** Steps pushed by previous nodes; only the peer the client linked as `prev` may push into a session. */
+  private async acceptPushes(stream: Stream, from: string): Promise<void> {
+    const lp = framedStream(stream);
+    try {
+      for (;;) {
+        let bytes: Uint8Array;
+        try {
+          bytes = (await lp.read()).subarray();
+        } catch (e) {
+          log.trace("push stream from %s ended: %s", from, errorMessage(e));
+          return;
+        }
+        const message = decodeMessage(bytes, this.server.maxElements);
+        if (message.kind !== Kind.Push) throw new ProtocolError("BAD_CODEC", `kind ${message.kind} on the push protocol`);
+        const session = this.server.session(message.sessionId);
+        const state = session && this.links.get(session);
+        // Unknown or unlinked sessions are ignored: the client relays the step itself.
+        if (!session || !state || state.link.prev !== from) {
+          this.stats.pushesIgnored++;
+          log("ignoring a push from %s into session %s: %s", from, message.sessionId.slice(0, 8), session ? "not the linked previous hop" : "no such session");
+          continue;
+        }
+        void this.runStep(session, message.step, state.reply, true);
+      }
+    } catch (e) {
+      // Garbage from a pushing peer: it gets no answer, and only its stream closes.
+      log("closing the push stream from %s: %s", from, errorMessage(e));
+    } finally {
+      await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
+    }
+  }
+}
