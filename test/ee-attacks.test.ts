@@ -1,5 +1,5 @@
 // Threat-boundary tests for Equivariant Encryption: each PASSES WHEN THE ATTACK SUCCEEDS.
-// They pin down what EE does not protect (equivariant-encryption.md §9–§11, src/ee/ATTACKS.md):
+// They pin down what EE does not protect (SECURITY.md, src/ee/attacks/README.md):
 // whoever holds E'/U' of a public model recovers π and σ, and a static π leaks the frequent
 // tokens to frequency analysis. The measured numbers are printed for ATTACKS.md.
 import assert from "node:assert/strict";
@@ -18,7 +18,7 @@ import {
   recoverHiddenPermutation,
   scoreGuess,
   type CurveRow,
-} from "../src/ee/attacks.js";
+} from "../src/ee/attacks/index.js";
 import { createRng } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";

@@ -1,4 +1,4 @@
-// EE keys (design: equivariant-encryption.md §3): a 32-byte secret, the permutations derived from
+// EE keys (Equivariant Encryption, arXiv 2502.01013): a 32-byte secret, the permutations derived from
 // it per label, the key file, and the vocabulary hash that binds a key to one tokenizer.
 import { type Cipher, createCipheriv, createHash, hkdfSync, randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";

@@ -1,5 +1,5 @@
-// The EE model transform as per-tensor gathers (design: equivariant-encryption.md §5a GPT-2, §6
-// Llama family). Pure: permutations and a config in, one TensorTransform per tensor out, plus the
+// The EE model transform as per-tensor gathers (Equivariant Encryption, arXiv 2502.01013:
+// GPT-2 and the Llama family). Pure: permutations and a config in, one TensorTransform per tensor out, plus the
 // functions that apply one to stored values.
 //
 // Tensors are in the checkpoint's canonical orientation [out, in], so the design's row-vector

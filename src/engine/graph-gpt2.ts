@@ -1,9 +1,11 @@
 // GPT-2 blocks: LayerNorm with bias, learned positions, packed q|k|v with bias, GQA without
 // rotary, tanh-GeLU (FastGelu) MLP. Residual additions are fused into SkipLayerNormalization.
-import { MS_DOMAIN } from "./onnx-builder.js";
-import { attention, type BlockContext, type BlockOutput, zerosLike } from "./span-graph.js";
+import { attention, type BlockContext, type BlockOutput, type FamilyGraph, IO, zerosLike } from "./graph-common.js";
+import { ElemType, MS_DOMAIN } from "./onnx-builder.js";
 
-export async function gpt2Embedding(ctx: BlockContext, tokens: string, positions: string): Promise<string> {
+/** Learned positions, a graph input of their own, added to the token embedding. */
+export async function gpt2Embedding(ctx: BlockContext, tokens: string): Promise<string> {
+  const positions = ctx.g.input(IO.positionIds, ElemType.INT64, ["batch", "sequence"]);
   return ctx.g.op("Add", [tokens, await ctx.w.embedding(positions, "position_embd.weight")]);
 }
 
@@ -43,3 +45,18 @@ function skipNorm(ctx: BlockContext, delta: string, residual: string, [gamma, be
   );
   return [normed!, sum!];
 }
+
+/** LayerNorm(delta + bias + residual) with the final norm's weights. */
+export async function gpt2FinalNorm(ctx: BlockContext, out: BlockOutput): Promise<string> {
+  const { g, w, c } = ctx;
+  const [normed] = g.node(
+    "SkipLayerNormalization",
+    [out.delta, out.residual, await w.vector("output_norm.weight"), await w.vector("output_norm.bias"), out.bias ?? ""],
+    { epsilon: { float: c.normEps } },
+    { domain: MS_DOMAIN, outputs: 1 },
+  );
+  if (!normed) throw new Error("SkipLayerNormalization gave no output");
+  return normed;
+}
+
+export const gpt2Graph: FamilyGraph = { embed: gpt2Embedding, blocks: gpt2Blocks, finalNorm: gpt2FinalNorm };

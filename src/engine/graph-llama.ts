@@ -1,8 +1,8 @@
 // Llama-family blocks (Llama 2/3, Mistral, Qwen2): RMSNorm, packed q|k|v (+bias), rotary GQA,
 // SwiGLU. Residual additions are fused into the next norm (SkipSimplifiedLayerNormalization).
+import { attention, type BlockContext, type BlockOutput, type FamilyGraph, zerosLike } from "./graph-common.js";
 import { MS_DOMAIN } from "./onnx-builder.js";
 import { rotaryCaches } from "./rope.js";
-import { attention, type BlockContext, type BlockOutput, zerosLike } from "./span-graph.js";
 
 export async function llamaBlocks(ctx: BlockContext, hidden: string): Promise<BlockOutput> {
   const { g, w, c, span } = ctx;
@@ -48,3 +48,18 @@ function skipNorm(ctx: BlockContext, delta: string, residual: string, weight: st
   );
   return [normed!, sum!];
 }
+
+/** RMSNorm(delta + residual) with the final norm's weight. */
+export async function llamaFinalNorm(ctx: BlockContext, out: BlockOutput): Promise<string> {
+  const { g, w, c } = ctx;
+  const [normed] = g.node(
+    "SkipSimplifiedLayerNormalization",
+    [out.delta, out.residual, await w.vector("output_norm.weight")],
+    { epsilon: { float: c.normEps } },
+    { domain: MS_DOMAIN, outputs: 1 },
+  );
+  if (!normed) throw new Error("SkipSimplifiedLayerNormalization gave no output");
+  return normed;
+}
+
+export const llamaGraph: FamilyGraph = { blocks: llamaBlocks, finalNorm: llamaFinalNorm };

@@ -8,7 +8,7 @@ import type { Checkpoint } from "../model/checkpoint.js";
 import { checkpointHash } from "../model/hash.js";
 import type { ModelConfig } from "../model/types.js";
 import { type ForwardInput, type ForwardOptions, type ForwardOutput, SessionError, type ServedModel, type SpanRuntime, type SpanSession, type SpanSpec } from "./interface.js";
-import { IO } from "./span-graph.js";
+import { IO } from "./graph-common.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
 
 /** Smallest KV allocation, in positions. */

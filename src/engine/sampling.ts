@@ -41,8 +41,9 @@ export function argmax(values: ArrayLike<number>): number {
   let best = 0;
   let bestValue = -Infinity;
   for (let i = 0; i < values.length; i++) {
-    if (values[i] > bestValue) {
-      bestValue = values[i];
+    const value = values[i];
+    if (value !== undefined && value > bestValue) {
+      bestValue = value;
       best = i;
     }
   }
@@ -50,13 +51,17 @@ export function argmax(values: ArrayLike<number>): number {
 }
 
 export function logSoftmax(logits: ArrayLike<number>): Float32Array {
+  const n = logits.length;
   let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  for (let i = 0; i < n; i++) {
+    const x = logits[i];
+    if (x !== undefined && x > max) max = x;
+  }
   let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  for (let i = 0; i < n; i++) sum += Math.exp((logits[i] ?? NaN) - max);
   const logZ = max + Math.log(sum);
-  const out = new Float32Array(logits.length);
-  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - logZ;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (logits[i] ?? NaN) - logZ;
   return out;
 }
 
@@ -76,11 +81,11 @@ export function applyRepetitionPenalty(
   if (start >= previousTokens.length) return logits;
   const out = logits.slice();
   const seen = new Set<number>();
-  for (let i = start; i < previousTokens.length; i++) {
-    const id = previousTokens[i];
-    if (seen.has(id) || id < 0 || id >= out.length) continue;
+  for (const id of previousTokens.slice(start)) {
+    const logit = out[id]; // undefined for ids outside the vocabulary
+    if (logit === undefined || seen.has(id)) continue;
     seen.add(id);
-    out[id] = out[id] > 0 ? out[id] / penalty : out[id] * penalty;
+    out[id] = logit > 0 ? logit / penalty : logit * penalty;
   }
   return out;
 }
@@ -90,8 +95,9 @@ export function applyLogitBias(logits: Float32Array, bias: ReadonlyMap<number, n
   if (!bias?.size) return logits;
   const out = logits.slice();
   for (const [id, b] of bias) {
-    if (!(Number.isInteger(id) && id >= 0 && id < out.length)) throw new RangeError(`logit bias for token ${id}, outside the vocabulary of ${out.length}`);
-    out[id] += b;
+    const logit = out[id]; // undefined unless id is an integer in [0, vocabulary size)
+    if (logit === undefined) throw new RangeError(`logit bias for token ${id}, outside the vocabulary of ${out.length}`);
+    out[id] = logit + b;
   }
   return out;
 }
@@ -108,10 +114,10 @@ export function sampleToken(
   const biased = applyLogitBias(logits, params.logitBias);
   const scores = applyRepetitionPenalty(biased, previousTokens, params.repetitionPenalty, params.repetitionWindow);
   const best = argmax(scores);
-  if (isGreedy(params) || !(scores[best] > -Infinity)) return best;
+  const maxScore = scores[best]; // undefined for empty logits
+  if (isGreedy(params) || maxScore === undefined || !(maxScore > -Infinity)) return best;
 
   const n = scores.length;
-  const maxScore = scores[best];
   const invTemperature = 1 / params.temperature;
   // Unnormalized probability after temperature; the most likely token has weight 1.
   const weightOf = (score: number) => {
@@ -123,15 +129,27 @@ export function sampleToken(
 
   if (k < n) {
     const sorted = topIndices(scores, k);
-    const weights = Float64Array.from(sorted, (id) => weightOf(scores[id]));
+    const weights = gather(scores, sorted).map(weightOf);
     const keep = params.topP < 1 ? nucleusLength(weights, params.topP * sum(weights)) : k;
     return draw(sorted.subarray(0, keep), weights.subarray(0, keep), minP, rng) ?? best;
   }
   const weights = new Float64Array(n);
-  for (let id = 0; id < n; id++) weights[id] = weightOf(scores[id]);
+  for (let id = 0; id < n; id++) weights[id] = weightOf(scores[id] ?? NaN);
   if (params.topP >= 1) return draw(undefined, weights, minP, rng) ?? best;
   const nucleus = nucleusOfAll(scores, weights, maxScore, invTemperature, params.topP);
-  return draw(nucleus, Float64Array.from(nucleus, (id) => weights[id]), minP, rng) ?? best;
+  return draw(nucleus, gather(weights, nucleus), minP, rng) ?? best;
+}
+
+/** `values[id]` for each of `ids`, in order. */
+function gather(values: ArrayLike<number>, ids: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(ids.length);
+  for (let i = 0; i < out.length; i++) {
+    const id = ids[i] ?? -1;
+    const value = values[id];
+    if (value === undefined) throw new RangeError(`index ${id} outside 0..${values.length - 1}`);
+    out[i] = value;
+  }
+  return out;
 }
 
 /**
@@ -139,11 +157,15 @@ export function sampleToken(
  * `weights[i]` belonging to `ids[i]`; weights below minP are left out.
  */
 function draw(ids: ArrayLike<number> | undefined, weights: Float64Array, minP: number, rng: () => number): number | undefined {
+  const n = weights.length;
   let mass = 0;
-  for (let i = 0; i < weights.length; i++) if (weights[i] >= minP) mass += weights[i];
+  for (let i = 0; i < n; i++) {
+    const w = weightAt(weights, i);
+    if (w >= minP) mass += w;
+  }
   let r = rng() * mass;
-  for (let i = 0; i < weights.length; i++) {
-    const w = weights[i];
+  for (let i = 0; i < n; i++) {
+    const w = weightAt(weights, i);
     if (w < minP || w === 0) continue;
     r -= w;
     if (r < 0) return ids ? ids[i] : i;
@@ -153,7 +175,7 @@ function draw(ids: ArrayLike<number> | undefined, weights: Float64Array, minP: n
 
 function sum(values: Float64Array): number {
   let total = 0;
-  for (let i = 0; i < values.length; i++) total += values[i];
+  for (let i = 0; i < values.length; i++) total += weightAt(values, i);
   return total;
 }
 
@@ -161,7 +183,7 @@ function sum(values: Float64Array): number {
 function nucleusLength(weights: Float64Array, target: number): number {
   let mass = 0;
   let i = 0;
-  while (i < weights.length && mass < target) mass += weights[i++];
+  while (i < weights.length && mass < target) mass += weightAt(weights, i++);
   return Math.max(1, i);
 }
 
@@ -179,37 +201,44 @@ function nucleusOfAll(
 ): number[] {
   const BUCKETS = 1024;
   const scale = (invTemperature * BUCKETS) / ZERO_WEIGHT_EXPONENT;
-  const buckets = new Uint16Array(scores.length);
+  // Each id's bucket; BUCKETS (past the last) for ids of weight 0, which are never kept.
+  const buckets = new Uint16Array(scores.length).fill(BUCKETS);
   const bucketMass = new Float64Array(BUCKETS);
   let total = 0;
   for (let id = 0; id < weights.length; id++) {
-    const w = weights[id];
-    if (w === 0) continue;
-    const b = Math.min(BUCKETS - 1, Math.floor((maxScore - scores[id]) * scale));
+    const w = weightAt(weights, id);
+    const score = scores[id];
+    if (w === 0 || score === undefined) continue;
+    const b = Math.min(BUCKETS - 1, Math.floor((maxScore - score) * scale));
     buckets[id] = b;
-    bucketMass[b] += w;
+    bucketMass[b] = weightAt(bucketMass, b) + w;
     total += w;
   }
   const target = topP * total;
   let mass = 0;
   let boundary = 0;
-  while (boundary < BUCKETS - 1 && mass + bucketMass[boundary] < target) mass += bucketMass[boundary++];
+  while (boundary < BUCKETS - 1 && mass + weightAt(bucketMass, boundary) < target) mass += weightAt(bucketMass, boundary++);
 
   const kept: number[] = [];
   const crossing: number[] = [];
-  for (let id = 0; id < weights.length; id++) {
-    if (weights[id] === 0) continue;
+  for (let id = 0; id < buckets.length; id++) {
     const b = buckets[id];
+    if (b === undefined) continue;
     if (b < boundary) kept.push(id);
     else if (b === boundary) crossing.push(id);
   }
-  crossing.sort((a, b) => weights[b] - weights[a] || a - b);
+  crossing.sort((a, b) => weightAt(weights, b) - weightAt(weights, a) || a - b);
   for (const id of crossing) {
     if (mass >= target && kept.length > 0) break;
     kept.push(id);
-    mass += weights[id];
+    mass += weightAt(weights, id);
   }
   return kept;
+}
+
+/** `weights[i]`, or 0 past the end (weight 0 is never drawn or kept). */
+function weightAt(weights: Float64Array, i: number): number {
+  return weights[i] ?? 0;
 }
 
 /**
@@ -220,35 +249,47 @@ export function topIndices(scores: ArrayLike<number>, m: number): Uint32Array {
   const n = scores.length;
   m = Math.min(m, n);
   if (m <= 0) return new Uint32Array(0);
-  const better = (a: number, b: number) => scores[a] > scores[b] || (scores[a] === scores[b] && a < b);
+  // Ids are < n; NaN (what a read past the end would give) is never better than anything.
+  const scoreOf = (id: number) => scores[id] ?? NaN;
+  const better = (a: number, b: number) => {
+    const sa = scoreOf(a);
+    const sb = scoreOf(b);
+    return sa > sb || (sa === sb && a < b);
+  };
   if (m * 4 >= n) {
     const all = Array.from({ length: n }, (_, i) => i);
     all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
     return Uint32Array.from(all.slice(0, m));
   }
   // heap[0] is the worst of the current best m.
-  const heap = new Uint32Array(m);
+  const heap = Uint32Array.from({ length: m }, (_, i) => i);
+  const at = (i: number): number => {
+    const id = heap[i];
+    if (id === undefined) throw new RangeError(`heap slot ${i} outside 0..${m - 1}`);
+    return id;
+  };
   const siftDown = (i: number) => {
     for (;;) {
       const l = 2 * i + 1;
       const r = l + 1;
       let worst = i;
-      if (l < m && better(heap[worst], heap[l])) worst = l;
-      if (r < m && better(heap[worst], heap[r])) worst = r;
+      if (l < m && better(at(worst), at(l))) worst = l;
+      if (r < m && better(at(worst), at(r))) worst = r;
       if (worst === i) return;
-      [heap[i], heap[worst]] = [heap[worst], heap[i]];
+      const id = at(i);
+      heap[i] = at(worst);
+      heap[worst] = id;
       i = worst;
     }
   };
-  for (let i = 0; i < m; i++) heap[i] = i;
   for (let i = (m >> 1) - 1; i >= 0; i--) siftDown(i);
   // Later indices lose ties, so only a strictly greater score displaces the current worst.
-  let worst = scores[heap[0]];
+  let worst = scoreOf(at(0));
   for (let i = m; i < n; i++) {
-    if (scores[i] > worst) {
+    if (scoreOf(i) > worst) {
       heap[0] = i;
       siftDown(0);
-      worst = scores[heap[0]];
+      worst = scoreOf(at(0));
     }
   }
   return heap.sort((a, b) => (better(a, b) ? -1 : 1));

@@ -1,4 +1,4 @@
-// A node's announcements (sharding design §2): its signed record and one provider key per block
+// A node's announcements (hybrid sharding, arXiv 2407.19775): its signed record and one provider key per block
 // in the DHT, refreshed on a timer and when another DHT server joins, each time with fresh RTTs to
 // the holders of the block after its span and the link speed to the nearest of them.
 import { setMaxListeners } from "node:events";

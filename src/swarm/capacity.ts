@@ -1,4 +1,4 @@
-// How many blocks a node can hold (sharding design §1): free memory minus a reserve, over the
+// How many blocks a node can hold (hybrid sharding, arXiv 2407.19775): free memory minus a reserve, over the
 // bytes one block takes in the served weight format plus its KV budget. Pure.
 import type { WeightFormat } from "../engine/weights.js";
 import type { ModelConfig } from "../model/types.js";

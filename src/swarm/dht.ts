@@ -1,4 +1,4 @@
-// Announcing and finding spans in the swarm's kad-dht (sharding design §2). Every node provides
+// Announcing and finding spans in the swarm's kad-dht (hybrid sharding, arXiv 2407.19775). Every node provides
 // one content key per (model, block) it serves, and stores its signed record under
 // `/tessera/<peerId>` (a libp2p signed envelope, signed-record.ts). A client finds the holders of
 // each block, then fetches and verifies their records. Servers refuse to store a record that is not

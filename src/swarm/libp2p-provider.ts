@@ -13,7 +13,10 @@ import type { SwarmHost } from "./host.js";
 import { decodeMessage, encodeControl, encodeStep, framedStream, Kind, type LinkRequest, type Message, type PushTarget, SPAN_PROTOCOL } from "./protocol.js";
 import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
-import type { RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
+import type { BlockRange, RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
+import { errorMessage, logger } from "../log.js";
+
+const log = logger("swarm:provider");
 
 /**
  * Tokens/s a node can serve: its measured decode rate, capped by what its link carries when that
@@ -68,67 +71,111 @@ export interface ProviderOptions {
   now?: () => number;
 }
 
+/** A verified, reachable node as the provider knows it. */
+interface KnownNode {
+  info: RecordBody;
+  rtt: number;
+}
+
 export class Libp2pSpanProvider implements SpanProvider {
-  private known = new Map<string, { info: RecordBody; rtt: number }>();
+  private known = new Map<string, KnownNode>();
 
   constructor(
     private readonly host: SwarmHost,
     private readonly opts: ProviderOptions,
   ) {}
 
-  /** Looks up the holders of every block in the DHT and returns their verified, online records. */
-  async records(): Promise<SpanRecord[]> {
+  /**
+   * Looks up the holders of the blocks in `range` (default: every block) in the DHT and returns
+   * the verified, online records the provider knows. A full lookup replaces everything known; a
+   * partial one replaces what was known of the nodes serving blocks in `range` (or found holding
+   * one) and keeps the records already verified for other blocks.
+   */
+  async records(range?: BlockRange): Promise<SpanRecord[]> {
+    const n = this.opts.numBlocks;
+    const { start, end } = range ?? { start: 0, end: n };
+    if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= n)) {
+      throw new RangeError(`blocks [${start}, ${end}) are not a range of the model's ${n} blocks`);
+    }
     const signal = AbortSignal.timeout(this.opts.discoveryTimeoutMs ?? 10_000);
     setMaxListeners(Infinity, signal); // one deadline shared by every block's and peer's DHT query
-    this.known.clear();
-    const all = Array.from({ length: this.opts.numBlocks }, (_, b) => b);
-    await this.discover(all, signal);
+    const blocks = Array.from({ length: end - start }, (_, i) => start + i);
+    const fresh = new Map<string, KnownNode>();
+    const holders = new Set<string>();
+    await this.discover(blocks, signal, fresh, holders);
     // A DHT lookup can miss a holder (a provider record still on its way): look once more before
     // calling a block uncovered.
-    const uncovered = all.filter((b) => ![...this.known.values()].some(({ info }) => info.start <= b && b < info.end));
-    if (uncovered.length) await this.discover(uncovered, signal);
+    const uncovered = blocks.filter((b) => ![...fresh.values()].some(({ info }) => info.start <= b && b < info.end));
+    if (uncovered.length) await this.discover(uncovered, signal, fresh, holders);
+    if (start === 0 && end === n) this.known = fresh;
+    else {
+      for (const [peer, { info }] of this.known) if (holders.has(peer) || (info.start < end && start < info.end)) this.known.delete(peer);
+      for (const [peer, node] of fresh) this.known.set(peer, node);
+    }
     return [...this.known.values()].map(({ info }) => toSpanRecord(info, this.opts.hiddenSize)).sort((a, b) => a.peerId.localeCompare(b.peerId));
   }
 
-  /** Finds the holders of `blocks` in the DHT and admits the ones not known yet. */
-  private async discover(blocks: number[], signal: AbortSignal): Promise<void> {
+  /** Finds the holders of `blocks` in the DHT (adding them to `holders`) and admits those not in `into` yet. */
+  private async discover(blocks: number[], signal: AbortSignal, into: Map<string, KnownNode>, holders: Set<string>): Promise<void> {
     const { dht } = this.host.services;
-    const holders = new Map<string, Multiaddr[]>();
-    const perBlock = await Promise.all(blocks.map((b) => blockHolders(dht, this.opts.modelId, b, signal).catch(() => new Map<string, Multiaddr[]>())));
-    for (const found of perBlock) for (const [peer, addrs] of found) holders.set(peer, [...(holders.get(peer) ?? []), ...addrs]);
-    holders.delete(this.host.peerId.toString());
-    await Promise.all([...holders].filter(([peer]) => !this.known.has(peer)).map(([peer, addrs]) => this.admit(peer, addrs, signal)));
+    const found = new Map<string, Multiaddr[]>();
+    const perBlock = await Promise.all(
+      blocks.map((b) =>
+        blockHolders(dht, this.opts.modelId, b, signal).catch((e: unknown) => {
+          // Counted as no holders found: the block is looked up again, or left uncovered for routing to report.
+          log.error("DHT lookup of the holders of block %d of %s failed: %s", b, this.opts.modelId, errorMessage(e));
+          return new Map<string, Multiaddr[]>();
+        }),
+      ),
+    );
+    for (const holding of perBlock) for (const [peer, addrs] of holding) found.set(peer, [...(found.get(peer) ?? []), ...addrs]);
+    found.delete(this.host.peerId.toString());
+    for (const peer of found.keys()) holders.add(peer);
+    await Promise.all([...found].filter(([peer]) => !into.has(peer)).map(([peer, addrs]) => this.admit(peer, addrs, signal, into)));
   }
 
-  /** Fetches, verifies and pings one block holder; keeps it if it is a reachable, online server of our model. */
-  private async admit(peerId: string, addrs: Multiaddr[], signal: AbortSignal): Promise<void> {
-    const reject = (reason: string) => this.opts.onRejectedRecord?.(peerId, reason);
-    const raw = await fetchRecord(this.host.services.dht, peerId, signal);
-    if (raw === undefined) return reject("no record in the DHT");
-    const info = await verifyRecord(raw, this.now());
-    if (typeof info === "string") return reject(info);
-    if (info.peerId !== peerId) return reject(`record of ${info.peerId} announced by ${peerId}`);
-    if (info.modelId !== this.opts.modelId || info.numBlocks !== this.opts.numBlocks) {
-      return reject(`serves ${info.modelId} with ${info.numBlocks} blocks, not ${this.opts.modelId} with ${this.opts.numBlocks}`);
-    }
-    if (info.state !== "online") return;
-    const id = peerIdFromString(peerId);
-    if (addrs.length) await this.host.peerStore.merge(id, { multiaddrs: addrs }).catch(() => {});
-    let rtt: number;
+  /** Fetches, verifies and pings one block holder; adds it to `into` if it is a reachable, online server of our model. */
+  private async admit(peerId: string, addrs: Multiaddr[], signal: AbortSignal, into: Map<string, KnownNode>): Promise<void> {
+    const reject = (reason: string) => {
+      log("record of peer %s left out: %s", peerId, reason);
+      this.opts.onRejectedRecord?.(peerId, reason);
+    };
     try {
-      rtt = (await this.host.services.ping.ping(id, { signal: AbortSignal.timeout(2000) })) / 1000;
+      const raw = await fetchRecord(this.host.services.dht, peerId, signal);
+      if (raw === undefined) return reject("no record in the DHT");
+      const info = await verifyRecord(raw, this.now());
+      if (typeof info === "string") return reject(info);
+      if (info.peerId !== peerId) return reject(`record of ${info.peerId} announced by ${peerId}`);
+      if (info.modelId !== this.opts.modelId || info.numBlocks !== this.opts.numBlocks) {
+        return reject(`serves ${info.modelId} with ${info.numBlocks} blocks, not ${this.opts.modelId} with ${this.opts.numBlocks}`);
+      }
+      if (info.state !== "online") return log.trace("peer %s is %s: left out", peerId, info.state);
+      const id = peerIdFromString(peerId);
+      if (addrs.length) {
+        await this.host.peerStore.merge(id, { multiaddrs: addrs }).catch((e: unknown) => {
+          // The ping below dials whatever addresses libp2p has; it decides whether the node is usable.
+          log.error("peer %s: could not store its addresses: %s", peerId, errorMessage(e));
+        });
+      }
+      let rtt: number;
+      try {
+        rtt = (await this.host.services.ping.ping(id, { signal: AbortSignal.timeout(2000) })) / 1000;
+      } catch (e) {
+        // A valid record of a node that does not answer (killed without withdrawing): leave it out.
+        return reject(`unreachable: ${errorMessage(e)}`);
+      }
+      into.set(peerId, { info, rtt });
     } catch (e) {
-      // A valid record of a node that does not answer (killed without withdrawing): leave it out.
-      return reject(`unreachable: ${(e as Error).message}`);
+      // One bad holder (an unparsable peer id, a failing lookup) must not fail the whole discovery.
+      reject(`could not be checked: ${errorMessage(e)}`);
     }
-    this.known.set(peerId, { info, rtt });
   }
 
   private now(): number {
     return this.opts.now?.() ?? Date.now();
   }
 
-  /** The verified records (and RTTs) of the last `records()` call, for dashboards. */
+  /** The verified records (and RTTs) known from `records()` calls, for dashboards. */
   get nodes(): { info: RecordBody; rtt: number }[] {
     return [...this.known.values()].map((e) => ({ ...e }));
   }
@@ -145,7 +192,11 @@ export class Libp2pSpanProvider implements SpanProvider {
     } catch (e) {
       throw new SpanFailure(hop.peerId, "UNREACHABLE", (e as Error).message);
     }
-    const known = await this.host.peerStore.get(peerIdFromString(hop.peerId)).catch(() => undefined);
+    const known = await this.host.peerStore.get(peerIdFromString(hop.peerId)).catch((e: unknown) => {
+      // Without stored addresses the previous hop cannot dial this one for pushes; the client relays.
+      log("peer %s: no stored addresses to give the previous hop: %s", hop.peerId, errorMessage(e));
+      return undefined;
+    });
     const addrs = (known?.addresses ?? []).map((a) => a.multiaddr.toString());
     return RemoteSpanStream.open(stream, hop, maxLength, this.opts, addrs);
   }
@@ -171,9 +222,16 @@ class RemoteSpanStream implements RemoteSpan {
 
   static async open(stream: Stream, hop: Hop, maxLength: number, opts: ProviderOptions, addrs: string[]): Promise<RemoteSpanStream> {
     const span = new RemoteSpanStream(stream, hop, opts, addrs);
-    await span.lp.write(encodeControl(Kind.Open, { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none", sessionId: span.sessionId }));
-    const reply = await span.receive();
-    if (reply.kind !== Kind.Opened) span.fail("UNEXPECTED", `expected an opened message, got kind ${reply.kind}`);
+    try {
+      await span.lp.write(encodeControl(Kind.Open, { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none", sessionId: span.sessionId }));
+      const reply = await span.receive();
+      if (reply.kind !== Kind.Opened) span.fail("UNEXPECTED", `expected an opened message, got kind ${reply.kind}`);
+    } catch (e) {
+      // A refused or broken open leaves nothing to use on this stream.
+      stream.abort(e instanceof Error ? e : new Error(String(e)));
+      throw e;
+    }
+    log.trace("peer %s session %s: opened blocks [%d, %d)", hop.peerId, span.sessionId, hop.start, hop.end);
     return span;
   }
 
@@ -191,7 +249,8 @@ class RemoteSpanStream implements RemoteSpan {
 
   async forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput> {
     const stepId = opts.stepId ?? this.nextStep++;
-    const count = input.tokens ? input.tokens.length : input.hidden!.length / this.opts.hiddenSize;
+    if (!input.tokens && !input.hidden) throw new RangeError("a step needs token ids or hidden states");
+    const count = input.tokens ? input.tokens.length : (input.hidden?.length ?? 0) / this.opts.hiddenSize;
     const hidden = input.hidden && { data: input.hidden, shape: [1, count, this.opts.hiddenSize], codec: this.opts.codec ?? "none" };
     await this.lp.write(encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }));
     return this.result(await this.receive(), stepId, count, Boolean(opts.allLogits));
@@ -215,7 +274,10 @@ class RemoteSpanStream implements RemoteSpan {
   }
 
   async close(): Promise<void> {
-    await this.stream.close().catch(() => this.stream.abort(new Error("closing")));
+    await this.stream.close().catch((e: unknown) => {
+      log.trace("peer %s session %s: clean close failed, aborting the stream: %s", this.hop.peerId, this.sessionId, errorMessage(e));
+      this.stream.abort(new Error("closing"));
+    });
   }
 
   /** Reads every message into the inbox, so a wait can time out without losing a late reply. */
@@ -267,14 +329,15 @@ class RemoteSpanStream implements RemoteSpan {
     try {
       message = decodeMessage(item);
     } catch (e) {
-      this.stream.abort(e as Error);
-      return this.fail("BAD_MESSAGE", (e as Error).message);
+      this.stream.abort(e instanceof Error ? e : new Error(String(e)));
+      return this.fail("BAD_MESSAGE", errorMessage(e));
     }
     if (message.kind === Kind.Error) this.fail(message.error.code, message.error.message);
     return message;
   }
 
   private fail(code: string, message: string): never {
+    log.error("peer %s session %s: %s: %s", this.hop.peerId, this.sessionId, code, message);
     throw new SpanFailure(this.hop.peerId, code, message);
   }
 }

@@ -1,6 +1,6 @@
 // Link speed between nodes: the sender writes one probe message of a known size and times the
 // receiver's one-byte acknowledgement. Nodes probe the holders of their next block, so a record
-// can say how fast hidden states leave it (sharding design §2: throughput is min(compute, network)).
+// can say how fast hidden states leave it (throughput is min(compute, network), as in hybrid sharding).
 import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { lpStream } from "@libp2p/utils";

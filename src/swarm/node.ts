@@ -181,7 +181,7 @@ export class SpanNode {
   }
 
   /**
-   * One rebalancing check (sharding design §3): reads the swarm's records from the DHT and moves
+   * One rebalancing check (hybrid sharding, arXiv 2407.19775): reads the swarm's records from the DHT and moves
    * when that lifts the weakest block beyond the balance threshold without uncovering any.
    * Returns the new start, or undefined when the node stays.
    */

@@ -1,5 +1,5 @@
 // Which blocks a node serves: "cover the weakest" on join and throughput-balancing moves
-// (sharding design §4, after Petals' block_selection). Pure: randomness is passed in.
+// (hybrid sharding, arXiv 2407.19775, after Petals' block_selection). Pure: randomness is passed in.
 import type { SpanRecord } from "./records.js";
 
 export const BALANCE_QUALITY = 0.75;

@@ -1,4 +1,4 @@
-// What a node announces about the span it serves (sharding design §2), as the pure decision
+// What a node announces about the span it serves (hybrid sharding, arXiv 2407.19775), as the pure decision
 // functions see it. Signing, expiry and the DHT live with the node; these are plain data.
 
 export type NodeState = "joining" | "online" | "offline";
@@ -8,11 +8,11 @@ export interface SpanRecord {
   start: number;
   end: number;
   state: NodeState;
-  /** Requests/s the node can serve on its span (§3), for block selection. */
+  /** Requests/s the node can serve on its span, for block selection. */
   throughput: number;
   /** Measured decode tokens/s per block. */
   inferenceRps?: number;
-  /** Free KV capacity in per-block K-or-V token vectors (§6). */
+  /** Free KV capacity in per-block K-or-V token vectors. */
   cacheTokensLeft: number;
   /** RTTs in seconds to peers serving block `end`. */
   nextPings: Record<string, number>;

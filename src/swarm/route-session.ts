@@ -8,6 +8,9 @@ import { BanList } from "./bans.js";
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
 import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "./routing.js";
 import type { LinkRequest, PushTarget } from "./protocol.js";
+import { errorMessage, logger } from "../log.js";
+
+const log = logger("swarm:route");
 
 export interface StepOptions {
   allLogits?: boolean;
@@ -22,6 +25,8 @@ export interface RemoteSpan {
   forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput>;
   truncate(position: number): Promise<void>;
   close(): Promise<void>;
+  /** The session's id on its node, where the transport has one (for logs). */
+  readonly sessionId?: string;
   /** Server-to-server chaining, where the transport has it. */
   chain?: {
     /** How the previous node reaches this session. */
@@ -32,12 +37,45 @@ export interface RemoteSpan {
   };
 }
 
+/** Blocks [start, end). */
+export interface BlockRange {
+  start: number;
+  end: number;
+}
+
 export interface SpanProvider {
-  /** Current records of the swarm (from the DHT). */
-  records(): Promise<SpanRecord[]>;
+  /**
+   * Records of the swarm's nodes (from the DHT). With `range`, only the holders of blocks
+   * [start, end) are looked up (a re-route after a failure needs no more): the result then holds
+   * those, and may also hold records of other nodes the provider already knew. Without it, every
+   * block's holders are looked up again (a full refresh).
+   */
+  records(range?: BlockRange): Promise<SpanRecord[]>;
   /** Opens a session on `hop`, whose first block takes token ids when hop.start is 0. */
   open(hop: Hop, maxLength: number): Promise<RemoteSpan>;
   rtts(): ReadonlyMap<string, number>;
+}
+
+/** Grace for a pushed result until the hop's pushed steps were timed (and the bound after). */
+export const PUSH_GRACE_MS = 1000;
+/** The grace is this many times a hop's recent pushed decode-step latency... */
+export const PUSH_GRACE_FACTOR = 4;
+/** ...and never below this (scheduling jitter, GC pauses). */
+export const PUSH_GRACE_FLOOR_MS = 50;
+/** Weight of the newest sample in a hop's pushed-step latency (exponential moving average). */
+const PUSH_LATENCY_WEIGHT = 0.2;
+
+/**
+ * How long the client waits for a hop's pushed result before relaying the step itself: `factor`
+ * times `latencyMs`, the hop's recent pushed decode-step latency (from receiving the previous
+ * hop's output to receiving this hop's), within [`floorMs`, `capMs`]; `capMs` while nothing was
+ * measured. A grace that turns out too short costs little: a node runs each step id once, so the
+ * relayed copy of a step whose push was only slow is skipped and answered by the pushed run; only
+ * the upload, and relays instead of pushes further down that step, are spent.
+ */
+export function pushGrace(latencyMs: number | undefined, capMs: number, factor = PUSH_GRACE_FACTOR, floorMs = PUSH_GRACE_FLOOR_MS): number {
+  if (latencyMs === undefined || !(latencyMs >= 0) || !Number.isFinite(latencyMs)) return capMs;
+  return Math.min(capMs, Math.max(floorMs, factor * latencyMs));
 }
 
 export interface RouteSessionOptions {
@@ -60,6 +98,10 @@ export interface RouteSessionOptions {
   routing?: "min-latency" | "max-throughput";
   /** Randomness for max-throughput routing (passed in, so a simulator can drive it). */
   random?: () => number;
+  /**
+   * Longest wait for a pushed result before the client relays the step (default PUSH_GRACE_MS):
+   * the wait itself is `pushGrace` of the hop's measured pushed-step latency, this until measured.
+   */
   pushGraceMs?: number;
   /** Called on every failover, for logs and dashboards. */
   onFailover?: (event: { peerId: string; blocks: [number, number]; error: Error; replacement: Hop[] }) => void;
@@ -70,11 +112,30 @@ interface Step {
   tokens: number;
 }
 
+/** One append's way down the route. */
+interface RouteStep {
+  id: number;
+  allLogits: boolean;
+  /** The route chained when the step began (the client then times no relays: nodes were pushing). */
+  chained: boolean;
+  /**
+   * Hops after the first receive the step pushed by their predecessor. Cleared once the client
+   * relays the step to a hop or replaces one: it then relays the rest of this step hop by hop
+   * rather than waiting for pushes further down.
+   */
+  pushing: boolean;
+}
+
 interface LiveHop {
   hop: Hop;
   span: RemoteSpan;
   /** Every input this hop received, in order (token ids or hidden rows), with its token count. */
   history: Step[];
+}
+
+/** "peer P session S" (or "peer P" where the transport has no session ids), for logs. */
+function describe(live: LiveHop): string {
+  return live.span.sessionId ? `peer ${live.hop.peerId} session ${live.span.sessionId}` : `peer ${live.hop.peerId}`;
 }
 
 export class RouteSession implements LogitsSession {
@@ -85,6 +146,8 @@ export class RouteSession implements LogitsSession {
   private chainPays = false;
   private lastRecords: SpanRecord[] = [];
   private hopOverheadS?: number;
+  /** Per peer: moving average of how long its pushed decode results took to arrive, in ms. */
+  private readonly pushLatencyMs = new Map<string, number>();
   private readonly bans = new BanList();
 
   private constructor(
@@ -114,16 +177,19 @@ export class RouteSession implements LogitsSession {
 
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
     const chained = this.chaining;
-    const stepOpts: StepOptions = { ...opts, stepId: ++this.stepCounter, push: chained };
+    const route: RouteStep = { id: ++this.stepCounter, allLogits: Boolean(opts.allLogits), chained, pushing: chained };
     let input: ForwardInput = { tokens: [...tokens] };
     for (let i = 0; i < this.hops.length; i++) {
       const step = { input, tokens: tokens.length };
-      const output = chained && i > 0 ? await this.receivePushed(i, step, stepOpts) : await this.forwardWithFailover(i, step, stepOpts);
+      const output = route.pushing && i > 0 ? await this.receivePushed(i, step, route) : await this.forwardWithFailover(i, step, route);
+      const peer = this.hopAt(i).hop.peerId;
       if (i === this.hops.length - 1) {
+        if (!output.logits) throw new Error(`peer ${peer} serves the last block but returned no logits`);
         this.position += tokens.length;
-        return output.logits!;
+        return output.logits;
       }
-      input = { hidden: output.hidden! };
+      if (!output.hidden) throw new Error(`peer ${peer} returned no hidden states for the next hop`);
+      input = { hidden: output.hidden };
     }
     throw new Error("empty route");
   }
@@ -132,13 +198,16 @@ export class RouteSession implements LogitsSession {
     if (!(position >= 0 && position <= this.position)) throw new RangeError(`cannot roll back to ${position} from ${this.position}`);
     for (const h of this.hops) {
       h.history = truncateHistory(h.history, position);
-      void h.span.truncate(position).catch(() => {}); // a dead node is replaced, from the history, on the next step
+      void h.span.truncate(position).catch((e: unknown) => {
+        // A dead node is replaced, from the (already truncated) history, on the next step.
+        log("%s: rollback to %d failed, replaced on the next step: %s", describe(h), position, errorMessage(e));
+      });
     }
     this.position = position;
   }
 
   close(): void {
-    for (const h of this.hops) void h.span.close().catch(() => {});
+    for (const h of this.hops) this.closeSpan(h, "session closed");
     this.hops = [];
   }
 
@@ -150,6 +219,17 @@ export class RouteSession implements LogitsSession {
 
   private now(): number {
     return this.opts.now?.() ?? Date.now();
+  }
+
+  private hopAt(index: number): LiveHop {
+    const live = this.hops[index];
+    if (!live) throw new RangeError(`no hop ${index} on a route of ${this.hops.length}`);
+    return live;
+  }
+
+  /** Closes a hop's session, logging (not throwing) when the node is gone already. */
+  private closeSpan(live: LiveHop, why: string): void {
+    void live.span.close().catch((e: unknown) => log.trace("%s: close (%s) failed: %s", describe(live), why, errorMessage(e)));
   }
 
   /**
@@ -180,64 +260,95 @@ export class RouteSession implements LogitsSession {
   private async linkHops(): Promise<void> {
     await Promise.all(
       this.hops.map((h, i) => {
+        if (!h.span.chain) throw new Error(`${describe(h)} cannot chain`);
         const link: LinkRequest = {};
-        if (i + 1 < this.hops.length) link.next = this.hops[i + 1]!.span.chain!.target();
-        if (i > 0) link.prev = this.hops[i - 1]!.hop.peerId;
-        return h.span.chain!.link(link);
+        const next = this.hops[i + 1];
+        const prev = this.hops[i - 1];
+        if (next?.span.chain) link.next = next.span.chain.target();
+        if (prev) link.prev = prev.hop.peerId;
+        return h.span.chain.link(link);
       }),
     );
   }
 
-  /** Hop `index`'s result for a step its predecessor pushed; relayed by the client if the push is late. */
-  private async receivePushed(index: number, step: Step, opts: StepOptions): Promise<ForwardOutput> {
-    const live = this.hops[index]!;
+  /**
+   * Hop `index`'s result for a step its predecessor pushed. When none comes within the grace, or
+   * the hop fails, the client relays the step (to a replacement if need be), and relays the rest
+   * of this step itself.
+   */
+  private async receivePushed(index: number, step: Step, route: RouteStep): Promise<ForwardOutput> {
+    const live = this.hopAt(index);
+    const peer = live.hop.peerId;
+    const decode = step.tokens === 1;
+    const cap = this.opts.pushGraceMs ?? PUSH_GRACE_MS;
+    // Multi-token (prefill) steps take longer than decode steps: they get the whole cap.
+    const graceMs = decode ? pushGrace(this.pushLatencyMs.get(peer), cap) : cap;
+    const t0 = performance.now();
     try {
-      const output = await live.span.chain!.pushed(opts.stepId!, step.tokens, Boolean(opts.allLogits), this.opts.pushGraceMs ?? 1000);
+      const output = await live.span.chain?.pushed(route.id, step.tokens, route.allLogits, graceMs);
       if (output) {
+        if (decode) {
+          const ms = performance.now() - t0;
+          const before = this.pushLatencyMs.get(peer);
+          this.pushLatencyMs.set(peer, before === undefined ? ms : (1 - PUSH_LATENCY_WEIGHT) * before + PUSH_LATENCY_WEIGHT * ms);
+        }
         live.history.push(step);
         return output;
       }
+      log("%s: no push of step %d within %d ms, relaying it and the rest of the step", describe(live), route.id, Math.round(graceMs));
+      route.pushing = false;
     } catch (error) {
-      await this.replace(index, error as Error);
+      route.pushing = false;
+      await this.replace(index, error instanceof Error ? error : new Error(String(error)));
     }
-    return this.forwardWithFailover(index, step, opts);
+    return this.forwardWithFailover(index, step, route);
   }
 
-  private async forwardWithFailover(index: number, step: Step, opts: StepOptions): Promise<ForwardOutput> {
+  private async forwardWithFailover(index: number, step: Step, route: RouteStep): Promise<ForwardOutput> {
     const maxRetries = this.opts.maxRetries ?? 8;
     for (let attempt = 0; ; attempt++) {
-      const live = this.hops[index]!;
+      const live = this.hopAt(index);
       try {
         const t0 = performance.now();
-        const output = await live.span.forward(step.input, opts);
-        if (step.tokens === 1 && !opts.push) this.measureHopOverhead(live.hop, (performance.now() - t0) / 1000);
+        const output = await live.span.forward(step.input, { allLogits: route.allLogits, stepId: route.id, push: route.pushing });
+        if (step.tokens === 1 && !route.chained) this.measureHopOverhead(live.hop, (performance.now() - t0) / 1000);
         live.history.push(step);
         return output;
       } catch (error) {
-        if (attempt >= maxRetries) throw error;
-        await this.replace(index, error as Error);
+        if (attempt >= maxRetries) {
+          log.error("%s: step %d failed, giving up after %d failovers: %s", describe(live), route.id, attempt, errorMessage(error));
+          throw error;
+        }
+        // The replacement hops are not linked for this step's pushes: relay the rest of it.
+        route.pushing = false;
+        await this.replace(index, error instanceof Error ? error : new Error(String(error)));
       }
     }
   }
 
   /** Bans the failed hop's peer and splices in a new route for its blocks, rebuilt from history. */
   private async replace(index: number, error: Error): Promise<void> {
-    const failed = this.hops[index]!;
-    this.bans.ban(failed.hop.peerId, this.now());
-    void failed.span.close().catch(() => {});
-    const replacement = await this.connect(failed.hop.start, failed.hop.end);
+    const failed = this.hopAt(index);
+    const { peerId, start, end } = failed.hop;
+    const banMs = this.bans.ban(peerId, this.now());
+    log("%s failed on blocks [%d, %d), banned for %d s: %s", describe(failed), start, end, banMs / 1000, error.message);
+    this.closeSpan(failed, "failed");
+    const replacement = await this.connect(start, end);
     // Replay: the first new hop gets the whole history; each later one gets its predecessor's outputs.
     if (failed.history.length) {
       let replay = concatSteps(failed.history);
       for (const [j, live] of replacement.entries()) {
         const out = await live.span.forward(replay.input, {});
         live.history = [replay];
-        if (j < replacement.length - 1) replay = { input: { hidden: out.hidden! }, tokens: replay.tokens };
+        if (j === replacement.length - 1) break;
+        if (!out.hidden) throw new Error(`${describe(live)} returned no hidden states replaying ${replay.tokens} tokens`);
+        replay = { input: { hidden: out.hidden }, tokens: replay.tokens };
       }
     }
     this.hops.splice(index, 1, ...replacement);
     await this.relink();
-    this.opts.onFailover?.({ peerId: failed.hop.peerId, blocks: [failed.hop.start, failed.hop.end], error, replacement: replacement.map((h) => h.hop) });
+    log("blocks [%d, %d) re-routed from %s to %s", start, end, peerId, replacement.map((h) => `${h.hop.peerId} [${h.hop.start}, ${h.hop.end})`).join(", "));
+    this.opts.onFailover?.({ peerId, blocks: [start, end], error, replacement: replacement.map((h) => h.hop) });
   }
 
   /** Routes [start, end) and opens a session on every hop; a node that refuses is banned and routed around. */
@@ -246,16 +357,25 @@ export class RouteSession implements LogitsSession {
     for (let attempt = 0; ; attempt++) {
       const route = await this.planRoute(start, end);
       const opened = await Promise.allSettled(route.map((hop) => this.provider.open(hop, this.opts.maxLength)));
-      const failed = opened.findIndex((o) => o.status === "rejected");
-      if (failed < 0) return route.map((hop, i) => ({ hop, span: (opened[i] as PromiseFulfilledResult<RemoteSpan>).value, history: [] }));
-      for (const o of opened) if (o.status === "fulfilled") void o.value.close().catch(() => {});
-      if (attempt >= maxRetries) throw (opened[failed] as PromiseRejectedResult).reason;
-      this.bans.ban(route[failed]!.peerId, this.now());
+      const live: LiveHop[] = [];
+      let refused: { hop: Hop; reason: unknown } | undefined;
+      route.forEach((hop, i) => {
+        const o = opened[i];
+        if (o?.status === "fulfilled") live.push({ hop, span: o.value, history: [] });
+        else refused ??= { hop, reason: o?.reason };
+      });
+      if (!refused) return live;
+      for (const h of live) this.closeSpan(h, `another hop of blocks [${start}, ${end}) refused`);
+      if (attempt >= maxRetries) throw refused.reason;
+      log("peer %s refused blocks [%d, %d), routing around it: %s", refused.hop.peerId, refused.hop.start, refused.hop.end, errorMessage(refused.reason));
+      this.bans.ban(refused.hop.peerId, this.now());
     }
   }
 
   private async planRoute(start: number, end: number): Promise<Hop[]> {
-    const records = await this.provider.records();
+    // Only the holders of these blocks are looked up; what was known of the others stays.
+    const fresh = await this.provider.records({ start, end });
+    const records = mergeRecords(this.lastRecords, fresh, { start, end });
     this.lastRecords = records;
     const route = (excluded?: ReadonlySet<string>) =>
       this.opts.routing === "max-throughput"
@@ -266,19 +386,39 @@ export class RouteSession implements LogitsSession {
     } catch (e) {
       if (!(e instanceof MissingBlocksError)) throw e;
       // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
+      log("every server of block(s) %s is banned: routing [%d, %d) without bans", e.blocks.join(", "), start, end);
       return route();
     }
   }
 }
 
-function concatSteps(steps: Step[]): Step {
+/**
+ * The records to route with after looking up the holders of `range`: the fresh ones, and the
+ * earlier ones of nodes that serve no block of `range` (a node that served some but was not
+ * found again is gone).
+ */
+export function mergeRecords(earlier: readonly SpanRecord[], fresh: readonly SpanRecord[], range: BlockRange): SpanRecord[] {
+  const ids = new Set(fresh.map((r) => r.peerId));
+  const kept = earlier.filter((r) => !ids.has(r.peerId) && !(r.start < range.end && range.start < r.end));
+  return [...kept, ...fresh].sort((a, b) => a.peerId.localeCompare(b.peerId));
+}
+
+/** The steps' inputs as one step (all token ids, or all hidden rows). */
+function concatSteps(steps: readonly Step[]): Step {
   const tokens = steps.reduce((n, s) => n + s.tokens, 0);
-  if (steps[0]!.input.tokens) return { input: { tokens: steps.flatMap((s) => Array.from(s.input.tokens!)) }, tokens };
-  const hidden = new Float32Array(steps.reduce((n, s) => n + s.input.hidden!.length, 0));
-  let at = 0;
+  const ids: number[] = [];
+  const rows: Float32Array[] = [];
   for (const s of steps) {
-    hidden.set(s.input.hidden!, at);
-    at += s.input.hidden!.length;
+    if (s.input.tokens) ids.push(...Array.from(s.input.tokens));
+    else if (s.input.hidden) rows.push(s.input.hidden);
+  }
+  if (ids.length && rows.length) throw new Error("a hop's history mixes token ids and hidden states");
+  if (!rows.length) return { input: { tokens: ids }, tokens };
+  const hidden = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
+  let at = 0;
+  for (const r of rows) {
+    hidden.set(r, at);
+    at += r.length;
   }
   return { input: { hidden }, tokens };
 }
@@ -287,7 +427,9 @@ function concatSteps(steps: Step[]): Step {
 function truncateHistory(history: Step[], position: number): Step[] {
   if (!history.length || position === 0) return [];
   const all = concatSteps(history);
-  if (all.input.tokens) return [{ input: { tokens: Array.from(all.input.tokens).slice(0, position) }, tokens: position }];
-  const width = all.input.hidden!.length / all.tokens;
-  return [{ input: { hidden: all.input.hidden!.slice(0, position * width) }, tokens: position }];
+  if (all.input.hidden) {
+    const width = all.input.hidden.length / all.tokens;
+    return [{ input: { hidden: all.input.hidden.slice(0, position * width) }, tokens: position }];
+  }
+  return [{ input: { tokens: Array.from(all.input.tokens ?? []).slice(0, position) }, tokens: position }];
 }

@@ -1,4 +1,4 @@
-// Choosing the chain of nodes a session runs through (sharding design §5): min-latency Dijkstra
+// Choosing the chain of nodes a session runs through (hybrid sharding, arXiv 2407.19775): min-latency Dijkstra
 // over (peer, block) for interactive decoding, and throughput-weighted random walks for batch
 // work. Pure: RTTs, bans and randomness come in as arguments.
 import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";

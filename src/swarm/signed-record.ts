@@ -1,5 +1,5 @@
 // Node records sealed in libp2p signed envelopes (libp2p RFC 0002) with the node's identity key,
-// with an expiry (sharding design §2): a client drops any record that does not open under our
+// with an expiry (hybrid sharding, arXiv 2407.19775): a client drops any record that does not open under our
 // domain, is not our payload type, is signed by a key other than the peer it names, is expired,
 // too far in the future or out of range. Time is passed in, so the same checks run under a
 // simulator's clock.

@@ -2,7 +2,7 @@
 // frequent cipher ids to whichever plain ids make the decrypted traffic most likely under a
 // bigram model of reference text. Solved in stages (the 12 most frequent ids first, then 25, …),
 // each stage simulated annealing then greedy sweeps; several attempts, the most likely wins.
-import { countTokens, frequencyAttack, rankByCount } from "./frequency-attack.js";
+import { countTokens, frequencyAttack, rankByCount } from "./frequency.js";
 
 export interface BigramAttackOptions {
   rng: () => number;

@@ -1,5 +1,5 @@
 // Measured attacks on Equivariant Encryption: the evidence behind the threat model
-// (equivariant-encryption.md §9, ATTACKS.md). Pure functions over plain arrays, randomness
+// (SECURITY.md, README.md beside this file). Pure functions over plain arrays, randomness
 // passed in; nothing here depends on the EE transform itself.
 //
 // Conventions (as in the design): c = π[p] maps plain id → cipher id, E'[c] = E[π⁻¹(c)];
@@ -200,6 +200,6 @@ export function recoverHiddenFromEmbedding(
   return { sigma: map, unmatched, ambiguous };
 }
 
-export * from "./frequency-attack.js";
-export * from "./bigram-attack.js";
+export * from "./frequency.js";
+export * from "./bigram.js";
 export * from "./frequency-curve.js";

@@ -1,7 +1,7 @@
 // How much of π frequency analysis recovers as encrypted traffic accumulates, under a static
 // key and under per-session key rotation.
-import { bigramAttack } from "./bigram-attack.js";
-import { countTokens, frequencyAttack, randomPermutation, scoreGuess } from "./frequency-attack.js";
+import { bigramAttack } from "./bigram.js";
+import { countTokens, frequencyAttack, randomPermutation, scoreGuess } from "./frequency.js";
 
 export type FrequencyAttackKind = "rank" | "bigram";
 
