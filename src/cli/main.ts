@@ -1,5 +1,6 @@
 // The `tessera` command line.
 import { Command, Option } from "commander";
+import { LOG_LEVELS } from "../log.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { floatArg, intArg, logitBiasArg } from "./args.js";
 import { convertCommand } from "./convert.js";
@@ -63,6 +64,11 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--idle-timeout <s>", "close sessions that send no step for this long, releasing their cache", intArg, 300)
   .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
+  .addOption(
+    new Option("--log-level <level>", "what the node logs to stderr: failures (error), also announces, sessions and moves (info), also every step (trace); DEBUG=tessera:* works too")
+      .choices(LOG_LEVELS)
+      .default("error"),
+  )
   .action(nodeCommand);
 
 program

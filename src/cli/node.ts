@@ -1,4 +1,5 @@
 import { servedCheckpoint } from "../engine/runtime.js";
+import { type LogLevel, setLogLevel } from "../log.js";
 import type { WeightFormat } from "../engine/weights.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
@@ -25,10 +26,12 @@ interface NodeFlags {
   rebalanceInterval: number;
   throughput?: number;
   idleTimeout: number;
+  logLevel: LogLevel;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
 export async function nodeCommand(flags: NodeFlags): Promise<void> {
+  setLogLevel(flags.logLevel);
   const checkpoint = await openCheckpoint(flags.model);
   const L = checkpoint.config.numLayers;
   const modelId = flags.modelId ?? (await modelIdFor(flags.model));

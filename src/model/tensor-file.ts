@@ -2,6 +2,9 @@
 
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { CheckpointError, type DType, type TensorInfo } from "./types.js";
+import { errorMessage, logger } from "../log.js";
+
+const log = logger("model:files");
 
 /** How a dtype is stored: `blockSize` elements take `bytesPerBlock` bytes (1 element per block for plain types). */
 export interface DTypeLayout {
@@ -132,7 +135,8 @@ export async function writeFileAtomically(file: string, write: (handle: FileHand
     await handle.close();
     await rename(temporary, file);
   } catch (e) {
-    await handle.close().catch(() => {});
+    // The write's own error is the one to report; a failed close on top of it is only logged.
+    await handle.close().catch((closeError) => log.error("closing %s after a failed write: %s", temporary, errorMessage(closeError)));
     await rm(temporary, { force: true });
     throw e;
   }

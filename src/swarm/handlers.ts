@@ -62,7 +62,7 @@ export class SpanHandlers {
     };
     let session: ServerSession | undefined;
     const fail = async (code: string, message: string) => {
-      log("session %s from %s: %s: %s", session?.label ?? "(not open)", from, code, message);
+      log("session %s: %s: %s", session?.label ?? `(not open) of ${from}`, code, message);
       await send(encodeControl(Kind.Error, { code, message })).catch((e) => log("could not tell %s about %s: %s", from, code, errorMessage(e)));
     };
     try {
@@ -84,6 +84,7 @@ export class SpanHandlers {
         if (message.kind === Kind.Open) {
           if (session) return await fail("ALREADY_OPEN", "this stream already carries a session");
           const opened = await this.server.open(message.open, {
+            peer: from,
             closed: (code, text) => {
               send(encodeControl(Kind.Error, { code, message: text }))
                 .catch((e) => log("could not tell %s its session closed: %s", from, errorMessage(e)))

@@ -59,7 +59,8 @@ async function speaksDht(host: SwarmHost): Promise<boolean> {
   const table = (host.services.dht as unknown as { routingTable?: { size: number } }).routingTable;
   if (table) return table.size > 0;
   for (const peer of host.getPeers()) {
-    const known = await host.peerStore.get(peer).catch(() => undefined);
+    // A connected peer that identify has not reached yet is not in the peer store: not a DHT peer yet.
+    const known = (await host.peerStore.has(peer)) ? await host.peerStore.get(peer) : undefined;
     if (known?.protocols.includes(DHT_PROTOCOL)) return true;
   }
   return false;

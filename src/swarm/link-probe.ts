@@ -5,6 +5,9 @@ import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { lpStream } from "@libp2p/utils";
 import type { SwarmHost } from "./host.js";
+import { errorMessage, logger } from "../log.js";
+
+const log = logger("swarm:probe");
 
 export const PROBE_PROTOCOL = "/tessera/probe/1.0.0";
 export const PROBE_BYTES = 1 << 20;
@@ -16,8 +19,10 @@ export async function answerProbe(stream: Stream): Promise<void> {
     await lp.read({ signal: AbortSignal.timeout(10_000) });
     await lp.write(Uint8Array.of(1));
     await stream.close();
-  } catch {
-    stream.abort(new Error("probe failed"));
+  } catch (e) {
+    // An oversized, slow or broken probe: only its stream closes.
+    log("probe from %s failed: %s", stream.id, errorMessage(e));
+    stream.abort(e instanceof Error ? e : new Error(String(e)));
   }
 }
 

@@ -8,6 +8,8 @@ export interface NodeProcess {
   proc: ChildProcess;
   /** The multiaddr the node printed as `listening <addr>`. */
   addr: string;
+  /** Everything the node wrote to stderr so far (its log). */
+  stderr(): string;
 }
 
 /** Starts a node serving [start, end) of `model`; resolves once it listens. */
@@ -22,7 +24,7 @@ export function spawnNode(model: string, start: number, end: number, extraArgs: 
     proc.stdout!.on("data", (d) => {
       out += d;
       const m = /listening (\S+)/.exec(out);
-      if (m) resolve({ proc, addr: m[1]! });
+      if (m?.[1]) resolve({ proc, addr: m[1], stderr: () => err });
     });
     proc.stderr!.on("data", (d) => (err += d));
     proc.on("exit", (code) => reject(new Error(`node [${start}, ${end}) exited with code ${code}: ${err.trim()}`)));

@@ -73,6 +73,8 @@ export type StepOutcome =
 
 /** What the server tells the session's owner (the stream handler) when it closes a session itself. */
 export interface SessionOwner {
+  /** Who opened the session (a peer id), for logs. */
+  peer?: string;
   closed(code: "IDLE_TIMEOUT", message: string): void;
 }
 
@@ -100,8 +102,9 @@ export class ServerSession {
     this.lastUsed = now;
   }
 
+  /** The session as logs name it: its id's first 8 digits and the peer that opened it. */
   get label(): string {
-    return this.request.sessionId?.slice(0, 8) ?? "anonymous";
+    return `${this.request.sessionId?.slice(0, 8) ?? "(no id)"} of ${this.owner.peer ?? "a local caller"}`;
   }
 }
 
