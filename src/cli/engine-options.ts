@@ -1,7 +1,7 @@
 // Options every command that runs a model locally shares, and the loading they imply.
 import { type Command, Option } from "commander";
 import { LocalPipeline, type PipelineOptions } from "../engine/pipeline.js";
-import type { WeightFormat } from "../engine/weights.js";
+import type { WeightFormat } from "../engine/interface.js";
 import { type Checkpoint, openCheckpoint } from "../model/checkpoint.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";

@@ -1,6 +1,6 @@
 import { servedCheckpoint } from "../engine/runtime.js";
 import { type LogLevel, setLogLevel } from "../log.js";
-import type { WeightFormat } from "../engine/weights.js";
+import type { WeightFormat } from "../engine/interface.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
 import { blocksThatFit } from "../swarm/capacity.js";

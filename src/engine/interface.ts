@@ -4,6 +4,14 @@
 // span server can be driven by any runtime: ORT, a batching scheduler, or a stand-in in a test.
 import type { ModelConfig } from "../model/types.js";
 
+/**
+ * How a span stores its weights. f32: MatMul on f32 weights. f16: weights stored in f16,
+ * activations cast to f16 around each MatMul (as llama.cpp does for F16 files): half the memory,
+ * measured no slower on ORT's CPU provider. q8/q4: MatMulNBits, 32-element blocks, int8 activations.
+ */
+export type WeightFormat = "f32" | "f16" | "q8" | "q4";
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ["f32", "f16", "q8", "q4"];
+
 /** Which blocks a span holds, and whether it embeds token ids (first span) and computes logits (last). */
 export interface SpanSpec {
   start: number;

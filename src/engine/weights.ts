@@ -5,14 +5,9 @@ import { f32ArrayToF16 } from "../model/quant.js";
 import { quantizeToMatMulNBits, toMatMulNBits } from "./matmul-nbits.js";
 import { bytesOf, ElemType, type GraphBuilder, MS_DOMAIN } from "./onnx-builder.js";
 import { transpose } from "../model/transpose.js";
+import type { WeightFormat } from "./interface.js";
 
-/**
- * f32: MatMul on f32 weights. f16: weights stored in f16, activations cast to f16 around each
- * MatMul (as llama.cpp does for F16 files): half the memory, measured no slower on ORT's CPU
- * provider. q8/q4: MatMulNBits, 32-element blocks, int8 activations.
- */
-export type WeightFormat = "f32" | "f16" | "q8" | "q4";
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ["f32", "f16", "q8", "q4"];
+export { WEIGHT_FORMATS, type WeightFormat } from "./interface.js";
 
 const BLOCK = 32;
 const BITS = { q8: 8, q4: 4 } as const;

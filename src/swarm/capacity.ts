@@ -1,6 +1,6 @@
 // How many blocks a node can hold (hybrid sharding, arXiv 2407.19775): free memory minus a reserve, over the
 // bytes one block takes in the served weight format plus its KV budget. Pure.
-import type { WeightFormat } from "../engine/weights.js";
+import type { WeightFormat } from "../engine/interface.js";
 import type { ModelConfig } from "../model/types.js";
 
 const BYTES_PER_WEIGHT: Record<WeightFormat, number> = { f32: 4, f16: 2, q8: 1 + 4 / 32, q4: 0.5 + 4 / 32 };

@@ -1,0 +1,55 @@
+// The layout is the architecture: dependencies point one way (model → engine → swarm/ee → cli),
+// and the swarm and EE see the engine only through its interface module, never ONNX Runtime.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
+import { test } from "node:test";
+
+const SRC = join(import.meta.dirname, "..", "src");
+
+/** What each area may import (besides itself and src/log.ts). */
+const ALLOWED: Record<string, string[]> = {
+  model: [],
+  engine: ["model"],
+  wire: ["model"],
+  ee: ["model", "engine/interface"],
+  swarm: ["model", "wire", "ee", "engine/interface"],
+  cli: ["model", "engine", "wire", "ee", "swarm"],
+};
+
+function sources(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name);
+    return e.isDirectory() ? sources(path) : e.name.endsWith(".ts") ? [path] : [];
+  });
+}
+
+/** Every relative import of `file`, as a path under src without extension. */
+function imports(file: string): string[] {
+  const text = readFileSync(file, "utf8");
+  return [...text.matchAll(/(?:from|import)\s*\(?\s*"(\.{1,2}\/[^"]+)"/g)].map((m) => relative(SRC, join(dirname(file), m[1]!)).replace(/\.js$/, ""));
+}
+
+test("each area imports only the areas below it; swarm and ee reach the engine only through engine/interface", () => {
+  const violations: string[] = [];
+  for (const file of sources(SRC)) {
+    const from = relative(SRC, file);
+    const area = from.split("/")[0]!;
+    const allowed = ALLOWED[area];
+    if (!allowed) continue; // index.ts and log.ts
+    for (const target of imports(file)) {
+      const targetArea = target.split("/")[0]!;
+      if (targetArea === area || target === "log") continue;
+      if (!allowed.some((a) => target === a || target.startsWith(`${a}/`))) violations.push(`${from} → ${target}`);
+    }
+  }
+  assert.deepEqual(violations, []);
+});
+
+test("only the engine's runtime touches ONNX Runtime", () => {
+  const users = sources(SRC)
+    .filter((f) => /from "onnxruntime-node"/.test(readFileSync(f, "utf8")))
+    .map((f) => relative(SRC, f))
+    .sort();
+  assert.deepEqual(users, ["engine/runtime.ts", "engine/span-model.ts"]);
+});
