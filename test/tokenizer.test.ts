@@ -5,7 +5,16 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { ggufTokenizerMetadata, tokenizerJsonFromBpe, trainByteLevelBpe, type BpeVocab } from "../src/model/bpe-train.js";
 import { gguf, readGguf, writeGguf, type GgufTyped } from "../src/model/gguf.js";
-import { BYTE_TO_UNICODE, sentencePieceTokenizerJson, Tokenizer } from "../src/model/tokenizer.js";
+import {
+  BYTE_TO_UNICODE,
+  expandCaseInsensitiveGroups,
+  LLAMA3_HF_SPLIT_REGEX,
+  LLAMA3_SPLIT_REGEX,
+  QWEN2_HF_SPLIT_REGEX,
+  QWEN2_SPLIT_REGEX,
+  sentencePieceTokenizerJson,
+  Tokenizer,
+} from "../src/model/tokenizer.js";
 import { CheckpointError } from "../src/model/types.js";
 
 const SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"];
@@ -58,6 +67,12 @@ before(async () => {
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
+
+/** `value`, failing the test (and not a type assertion) when it is missing. */
+function defined<T>(value: T | undefined, what: string): T {
+  assert.ok(value !== undefined, `${what} is missing`);
+  return value;
+}
 
 function plainValue(v: GgufTyped): unknown {
   return v.type === "arr" ? [...v.values] : v.value;
@@ -146,6 +161,27 @@ describe("Tokenizer", () => {
     await assert.rejects(Tokenizer.fromHfDir(join(dir, "missing")), CheckpointError);
   });
 
+  test("(?i:...) groups expand to llama.cpp's spelling of the Llama 3 and Qwen2 splits", () => {
+    // Verbatim from llama.cpp's src/llama-vocab.cpp (LLAMA_VOCAB_PRE_TYPE_LLAMA3 and _QWEN2).
+    assert.equal(
+      LLAMA3_SPLIT_REGEX,
+      String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`,
+    );
+    assert.equal(
+      QWEN2_SPLIT_REGEX,
+      String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`,
+    );
+    assert.equal(expandCaseInsensitiveGroups("a(?i:xY|'z)b(?i:q)c"), "a(?:[xX][yY]|'[zZ])b(?:[qQ])c");
+    assert.equal(expandCaseInsensitiveGroups(String.raw`\p{L}+`), String.raw`\p{L}+`);
+    assert.throws(() => expandCaseInsensitiveGroups("x(?i:[a-z]+)"), /\(\?i:\.\.\.\) group at offset 1 of "x\(\?i:\[a-z\]\+\)"/);
+    // tokenizers.js reads the Oniguruma form in tokenizer.json the way the expansion reads.
+    for (const [hfForm, jsForm] of [[LLAMA3_HF_SPLIT_REGEX, LLAMA3_SPLIT_REGEX], [QWEN2_HF_SPLIT_REGEX, QWEN2_SPLIT_REGEX]] as const) {
+      const hf = Tokenizer.fromTokenizerJson(tokenizerJsonFromBpe(vocab, { splitRegexes: [hfForm] }));
+      const js = Tokenizer.fromTokenizerJson(tokenizerJsonFromBpe(vocab, { splitRegexes: [jsForm] }));
+      for (const text of [...TEXTS, ALL_TEXT]) assert.deepEqual(hf.encode(text), js.encode(text), JSON.stringify(text));
+    }
+  });
+
   test("unknown GGUF tokenizer models and pre-tokenizers are checkpoint errors", () => {
     const meta = (model: string, pre?: string) =>
       new Map<string, unknown>([
@@ -172,11 +208,13 @@ describe("Tokenizer", () => {
       assert.equal(out, ALL_TEXT);
     }
     // A 4-byte emoji split over byte tokens comes out whole, at its last byte.
-    const parrot = Array.from(new TextEncoder().encode("🦜"), (b) => fromJson.tokenId(BYTE_TO_UNICODE[b])!);
+    const parrot = Array.from(new TextEncoder().encode("🦜"), (b) =>
+      defined(fromJson.tokenId(defined(BYTE_TO_UNICODE[b], `byte ${b}'s character`)), `byte ${b}'s token`),
+    );
     const stream = fromJson.streamDecoder();
     assert.deepEqual(parrot.map((id) => stream.push(id)), ["", "", "", "🦜"]);
     const cut = fromJson.streamDecoder();
-    cut.push(parrot[0]);
+    cut.push(defined(parrot[0], "the emoji's first byte token"));
     assert.equal(cut.flush(), "\uFFFD");
   });
 });
@@ -197,11 +235,11 @@ describe("SentencePiece ('llama') GGUF vocabularies", () => {
       [...spm.encode("Hello world 🦜", { addSpecial: false }).map((id) => spm.tokenText(id))],
     );
     assert.ok(ids.map((id) => spm.tokenText(id)).includes("<0xF0>"), "emoji falls back to bytes");
-    assert.match(spm.tokenText(ids[1])!, /^▁H/);
+    assert.match(defined(spm.tokenText(defined(ids[1], "the first token after BOS")), "its text"), /^▁H/);
     const stream = spm.streamDecoder();
     assert.equal(ids.slice(1).map((id) => stream.push(id)).join("") + stream.flush(), "Hello world 🦜");
     const withContext = spm.streamDecoder({ context: spm.encode("Say", { addSpecial: false }) });
-    const first = spm.encode("Hello", { addSpecial: false })[0];
+    const first = defined(spm.encode("Hello", { addSpecial: false })[0], "the first token of 'Hello'");
     assert.equal(spm.decode([first]), "He");
     assert.equal(withContext.push(first), " He");
   });

@@ -53,7 +53,19 @@ export function trainByteLevelBpe(text: string = DEFAULT_TRAINING_TEXT, opts: Bp
 function gpt2ByteTokenOrder(): string[] {
   const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
   const bytes = [...Array(256).keys()];
-  return [...bytes.filter(printable), ...bytes.filter((b) => !printable(b))].map((b) => BYTE_TO_UNICODE[b]);
+  return [...bytes.filter(printable), ...bytes.filter((b) => !printable(b))].map(byteChar);
+}
+
+/** The character GPT-2's byte-to-unicode table has for a byte. */
+function byteChar(b: number): string {
+  const c = BYTE_TO_UNICODE[b];
+  if (c === undefined) throw new Error(`byte value ${b} is outside 0..255`);
+  return c;
+}
+
+interface Word {
+  symbols: string[];
+  count: number;
 }
 
 /** Classic BPE: repeatedly merge the most frequent adjacent pair (ties: smaller pair string). */
@@ -66,25 +78,24 @@ function learnMerges(
   const wordCounts = new Map<string, number>();
   const encoder = new TextEncoder();
   for (const piece of text.match(new RegExp(GPT2_SPLIT_REGEX, "gu")) ?? []) {
-    const word = Array.from(encoder.encode(piece), (b) => BYTE_TO_UNICODE[b]).join("");
+    const word = Array.from(encoder.encode(piece), byteChar).join("");
     wordCounts.set(word, (wordCounts.get(word) ?? 0) + 1);
   }
-  const words = [...wordCounts.keys()].map((w) => Array.from(w));
-  const counts = [...wordCounts.values()];
+  const words: Word[] = [...wordCounts].map(([word, count]) => ({ symbols: Array.from(word), count }));
 
   const pairCounts = new Map<string, number>();
-  const wordsWithPair = new Map<string, Set<number>>();
+  const wordsWithPair = new Map<string, Set<Word>>();
   const heap = new PairHeap();
   const touched = new Set<string>();
-  const countPairs = (w: number, sign: 1 | -1) => {
-    const symbols = words[w];
-    for (let i = 0; i + 1 < symbols.length; i++) {
-      const key = symbols[i] + " " + symbols[i + 1];
-      pairCounts.set(key, (pairCounts.get(key) ?? 0) + sign * counts[w]);
+  const countPairs = (word: Word, sign: 1 | -1) => {
+    const symbols = word.symbols;
+    for (let i = 1; i < symbols.length; i++) {
+      const key = symbols[i - 1]! + " " + symbols[i]!; // 1 <= i < length
+      pairCounts.set(key, (pairCounts.get(key) ?? 0) + sign * word.count);
       if (sign > 0) {
         let set = wordsWithPair.get(key);
         if (!set) wordsWithPair.set(key, (set = new Set()));
-        set.add(w);
+        set.add(word);
       }
       touched.add(key);
     }
@@ -93,28 +104,32 @@ function learnMerges(
     for (const key of touched) heap.push(pairCounts.get(key) ?? 0, key);
     touched.clear();
   };
-  words.forEach((_, w) => countPairs(w, 1));
+  for (const word of words) countPairs(word, 1);
   pushTouched();
 
   while (wantMore()) {
     const best = heap.popValid(pairCounts);
     if (!best || best.count < minFrequency) return;
-    const [a, b] = best.key.split(" ");
+    // Byte-level symbols never contain a space (it is "Ġ"), so the key splits at its only one.
+    const space = best.key.indexOf(" ");
+    const a = best.key.slice(0, space);
+    const b = best.key.slice(space + 1);
     const merged = a + b;
-    for (const w of wordsWithPair.get(best.key) ?? []) {
-      countPairs(w, -1);
-      const symbols = words[w];
+    for (const word of wordsWithPair.get(best.key) ?? []) {
+      countPairs(word, -1);
+      const symbols = word.symbols;
       const out: string[] = [];
       for (let i = 0; i < symbols.length; i++) {
-        if (i + 1 < symbols.length && symbols[i] === a && symbols[i + 1] === b) {
+        const symbol = symbols[i]!; // i < length
+        if (symbol === a && symbols[i + 1] === b) {
           out.push(merged);
           i++;
         } else {
-          out.push(symbols[i]);
+          out.push(symbol);
         }
       }
-      words[w] = out;
-      countPairs(w, 1);
+      word.symbols = out;
+      countPairs(word, 1);
     }
     pairCounts.delete(best.key);
     touched.delete(best.key);
@@ -123,53 +138,70 @@ function learnMerges(
   }
 }
 
+interface HeapItem {
+  count: number;
+  key: string;
+}
+
 /** Max-heap of (count, pair) with lazy invalidation against the live counts. */
 class PairHeap {
-  private items: { count: number; key: string }[] = [];
+  private items: HeapItem[] = [];
 
   push(count: number, key: string): void {
     if (count <= 0) return;
-    const items = this.items;
-    items.push({ count, key });
-    let i = items.length - 1;
+    this.items.push({ count, key });
+    let i = this.items.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (!this.before(items[i], items[parent])) break;
-      [items[i], items[parent]] = [items[parent], items[i]];
+      if (!this.before(i, parent)) break;
+      this.swap(i, parent);
       i = parent;
     }
   }
 
-  popValid(live: Map<string, number>): { count: number; key: string } | undefined {
-    while (this.items.length > 0) {
-      const top = this.pop();
+  popValid(live: Map<string, number>): HeapItem | undefined {
+    for (let top = this.pop(); top; top = this.pop()) {
       if (live.get(top.key) === top.count) return top;
     }
     return undefined;
   }
 
-  private pop(): { count: number; key: string } {
+  private pop(): HeapItem | undefined {
     const items = this.items;
     const top = items[0];
-    const last = items.pop()!;
-    if (items.length > 0) {
-      items[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let first = i;
-        if (l < items.length && this.before(items[l], items[first])) first = l;
-        if (r < items.length && this.before(items[r], items[first])) first = r;
-        if (first === i) break;
-        [items[i], items[first]] = [items[first], items[i]];
-        i = first;
-      }
+    const last = items.pop();
+    if (top === undefined || last === undefined || items.length === 0) return top;
+    items[0] = last;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let first = i;
+      if (l < items.length && this.before(l, first)) first = l;
+      if (r < items.length && this.before(r, first)) first = r;
+      if (first === i) break;
+      this.swap(i, first);
+      i = first;
     }
     return top;
   }
 
-  private before(x: { count: number; key: string }, y: { count: number; key: string }): boolean {
+  private at(i: number): HeapItem {
+    const item = this.items[i];
+    if (item === undefined) throw new Error(`PairHeap: index ${i} outside its ${this.items.length} items`);
+    return item;
+  }
+
+  private swap(i: number, j: number): void {
+    const x = this.at(i);
+    this.items[i] = this.at(j);
+    this.items[j] = x;
+  }
+
+  /** Whether item i ranks above item j: higher count, then the smaller pair string. */
+  private before(i: number, j: number): boolean {
+    const x = this.at(i);
+    const y = this.at(j);
     return x.count > y.count || (x.count === y.count && x.key < y.key);
   }
 }
@@ -186,8 +218,9 @@ function addSyntheticMerges(
 ): void {
   const letters = "etaoinshrdlucmfwypvbgkjqxzETAOINSHRDLUCMFWYPVBGKJQXZ";
   const endsInLetter = (t: string) => /[A-Za-z]$/.test(t);
+  // Indexed, not for-of: tokens added here are extended in turn (breadth-first).
   for (let base = 0; tokens.length < targetTokens && base < tokens.length; base++) {
-    const stem = tokens[base];
+    const stem = tokens[base]!; // base < length
     if (!endsInLetter(stem)) continue;
     for (const letter of letters) {
       if (tokens.length >= targetTokens) return;
@@ -196,9 +229,22 @@ function addSyntheticMerges(
   }
 }
 
-/** A complete Hugging Face tokenizer.json for the vocabulary (specials as special added tokens). */
-export function tokenizerJsonFromBpe(v: BpeVocab): Record<string, unknown> {
-  return byteLevelTokenizerJson({ tokens: v.tokens, merges: v.merges.map(([a, b]) => `${a} ${b}`), tokenTypes: tokenTypes(v) });
+/**
+ * A complete Hugging Face tokenizer.json for the vocabulary (specials as special added tokens).
+ * By default GPT-2's ByteLevel pre-tokenizer; `splitRegexes` gives a Sequence of Split steps and
+ * ByteLevel without its own regex, the layout of Llama 3 and Qwen2 tokenizers.
+ */
+export function tokenizerJsonFromBpe(
+  v: BpeVocab,
+  opts: { splitRegexes?: readonly string[]; ignoreMerges?: boolean } = {},
+): Record<string, unknown> {
+  return byteLevelTokenizerJson({
+    tokens: v.tokens,
+    merges: v.merges.map(([a, b]) => `${a} ${b}`),
+    tokenTypes: tokenTypes(v),
+    splitRegexes: opts.splitRegexes,
+    ignoreMerges: opts.ignoreMerges,
+  });
 }
 
 /** GGUF token types: 1 normal, 3 control (the specials). */

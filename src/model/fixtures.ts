@@ -9,6 +9,7 @@ import { gguf } from "./gguf.js";
 import { exportGguf, type GgufExportType } from "./gguf-export.js";
 import { quantize } from "./quant.js";
 import { writeSafetensorsSharded } from "./safetensors.js";
+import { LLAMA3_HF_SPLIT_REGEX, QWEN2_HF_SPLIT_REGEX } from "./tokenizer.js";
 import type { ModelConfig, RopeScaling } from "./types.js";
 import { transpose } from "./transpose.js";
 
@@ -118,12 +119,14 @@ export function fixtureConfig(spec: TestModelSpec): ModelConfig {
   };
 }
 
-const vocabCache = new Map<number, BpeVocab>();
-function fixtureVocab(spec: TestModelSpec): BpeVocab {
-  let v = vocabCache.get(spec.vocabSize);
+const vocabCache = new Map<string, BpeVocab>();
+/** The spec's vocabulary; the specials come last, so their ids do not depend on the training text. */
+function fixtureVocab(spec: TestModelSpec, trainingText?: string): BpeVocab {
+  const key = `${spec.vocabSize}\0${trainingText ?? ""}`;
+  let v = vocabCache.get(key);
   if (!v) {
-    v = trainByteLevelBpe(undefined, { vocabSize: spec.vocabSize, specialTokens: SPECIALS });
-    vocabCache.set(spec.vocabSize, v);
+    v = trainByteLevelBpe(trainingText, { vocabSize: spec.vocabSize, specialTokens: SPECIALS });
+    vocabCache.set(key, v);
   }
   return v;
 }
@@ -160,10 +163,26 @@ function fixtureShapes(spec: TestModelSpec): Map<string, number[]> {
 
 // ---------------------------------------------------------------- Hugging Face folder
 
+/**
+ * How a Hugging Face folder's tokenizer is laid out (the vocabulary is the same in each):
+ * - "gpt2": a ByteLevel pre-tokenizer (GPT-2's split), add_bos_token as the architecture has it;
+ * - "qwen2": NFC normalizer, Sequence[Split(Qwen2's regex), ByteLevel], no BOS token
+ *   (config.json's bos_token_id only), pad_token "</s>";
+ * - "llama3": Sequence[Split(Llama 3's regex), ByteLevel], ignore_merges, and BOS added by a
+ *   TemplateProcessing post-processor rather than add_bos_token.
+ */
+export type HfTokenizerStyle = "gpt2" | "qwen2" | "llama3";
+
 export interface HfWriteOptions {
   dtype?: "F32" | "F16" | "BF16";
   /** Shard size limit; default one file. */
   maxShardBytes?: number;
+  /** Tokenizer layout, default "gpt2". */
+  tokenizer?: HfTokenizerStyle;
+  /** Replaces the Split regex of the "qwen2" and "llama3" layouts (e.g. with one no converter knows). */
+  splitRegex?: string;
+  /** Trains the vocabulary on this text instead of the default (same size, same special-token ids). */
+  trainingText?: string;
 }
 
 export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: HfWriteOptions = {}): Promise<void> {
@@ -180,23 +199,62 @@ export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: H
   });
   await writeSafetensorsSharded(dir, tensors, opts.maxShardBytes ?? Number.MAX_SAFE_INTEGER);
   const config = fixtureConfig(spec);
-  const vocab = fixtureVocab(spec);
+  const vocab = fixtureVocab(spec, opts.trainingText);
   await writeFile(join(dir, "config.json"), JSON.stringify(hfConfigJson(spec, config, dtype), null, 2));
-  await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJsonFromBpe(vocab)));
-  await writeFile(
-    join(dir, "tokenizer_config.json"),
-    JSON.stringify(
-      {
-        bos_token: "<s>",
-        eos_token: "</s>",
-        add_bos_token: spec.architecture !== "gpt2",
-        chat_template: CHAT_TEMPLATE,
-        model_max_length: spec.maxPositionEmbeddings,
+  const tokenizer = hfTokenizerFiles(spec, vocab, opts);
+  await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizer.json));
+  await writeFile(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizer.config, null, 2));
+}
+
+function hfTokenizerFiles(
+  spec: TestModelSpec,
+  vocab: BpeVocab,
+  opts: HfWriteOptions,
+): { json: Record<string, unknown>; config: Record<string, unknown> } {
+  const common = { eos_token: "</s>", chat_template: CHAT_TEMPLATE, model_max_length: spec.maxPositionEmbeddings };
+  const style = opts.tokenizer ?? "gpt2";
+  if (style === "gpt2") {
+    const config = {
+      bos_token: "<s>",
+      eos_token: "</s>",
+      add_bos_token: spec.architecture !== "gpt2",
+      chat_template: CHAT_TEMPLATE,
+      model_max_length: spec.maxPositionEmbeddings,
+    };
+    return { json: tokenizerJsonFromBpe(vocab), config };
+  }
+  const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: false };
+  if (style === "qwen2") {
+    return {
+      json: {
+        ...tokenizerJsonFromBpe(vocab, { splitRegexes: [opts.splitRegex ?? QWEN2_HF_SPLIT_REGEX] }),
+        normalizer: { type: "NFC" },
+        post_processor: byteLevel,
       },
-      null,
-      2,
-    ),
-  );
+      config: { bos_token: null, pad_token: "</s>", add_bos_token: false, ...common },
+    };
+  }
+  const bos = vocab.specialTokens.find((s) => s.token === "<s>");
+  if (!bos) throw new Error("the fixture vocabulary has no <s> token");
+  const special = { SpecialToken: { id: "<s>", type_id: 0 } };
+  return {
+    json: {
+      ...tokenizerJsonFromBpe(vocab, { splitRegexes: [opts.splitRegex ?? LLAMA3_HF_SPLIT_REGEX], ignoreMerges: true }),
+      post_processor: {
+        type: "Sequence",
+        processors: [
+          { ...byteLevel, add_prefix_space: true, use_regex: true },
+          {
+            type: "TemplateProcessing",
+            single: [special, { Sequence: { id: "A", type_id: 0 } }],
+            pair: [special, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: "<s>", type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
+            special_tokens: { "<s>": { id: "<s>", ids: [bos.id], tokens: ["<s>"] } },
+          },
+        ],
+      },
+    },
+    config: { bos_token: "<s>", ...common },
+  };
 }
 
 function hfConfigJson(spec: TestModelSpec, c: ModelConfig, dtype: string): Record<string, unknown> {

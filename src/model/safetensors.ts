@@ -103,10 +103,10 @@ function parseTensorEntry(name: string, entry: unknown, file: string, dataStart:
   if (!Array.isArray(shape) || !shape.every(isNonNegativeInteger)) {
     throw fail(`shape must be an array of non-negative integers, found ${JSON.stringify(shape)}`);
   }
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegativeInteger) || offsets[0] > offsets[1]) {
+  if (!isOffsetPair(offsets)) {
     throw fail(`data_offsets must be [begin, end] with 0 <= begin <= end, found ${JSON.stringify(offsets)}`);
   }
-  const [begin, end] = offsets as [number, number];
+  const [begin, end] = offsets;
   const elementSize = DTYPE_LAYOUT[dtype as SafetensorsDType].bytesPerBlock;
   let expected: number;
   try {
@@ -372,6 +372,13 @@ function dumpJson(value: JsonValue, indent: string): string {
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** `[begin, end]` data offsets with 0 <= begin <= end. */
+function isOffsetPair(value: unknown): value is [number, number] {
+  if (!Array.isArray(value) || value.length !== 2) return false;
+  const [begin, end]: unknown[] = value;
+  return isNonNegativeInteger(begin) && isNonNegativeInteger(end) && begin <= end;
 }
 
 function isNonNegativeInteger(value: unknown): value is number {

@@ -77,6 +77,9 @@ export class Tokenizer {
   /** Every id that ends generation: EOS, end-of-turn tokens the chat template uses, generation_config's. */
   readonly eosIds: number[];
   readonly chatTemplate?: string;
+  /** Whether encode() puts BOS first / EOS last when asked for special tokens (add_bos_token / add_eos_token). */
+  readonly addBos: boolean;
+  readonly addEos: boolean;
   private readonly specialIds: Set<number>;
   private compiledTemplate?: Template;
 
@@ -87,6 +90,8 @@ export class Tokenizer {
   ) {
     this.vocabSize = vocabSize;
     this.chatTemplate = settings.chatTemplate;
+    this.addBos = settings.addBos;
+    this.addEos = settings.addEos;
     this.specialIds = new Set([...hf.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
     this.bosId = settings.bosToken === undefined ? undefined : hf.token_to_id(settings.bosToken);
     this.eosId = settings.eosToken === undefined ? undefined : hf.token_to_id(settings.eosToken);
@@ -150,7 +155,10 @@ export class Tokenizer {
     const json = (await readJson("tokenizer.json", true))!;
     const config = (await readJson("tokenizer_config.json", false)) ?? {};
     if (config.chat_template === undefined) {
-      const template = await readFile(join(dir, "chat_template.jinja"), "utf8").catch(() => undefined);
+      const template = await readFile(join(dir, "chat_template.jinja"), "utf8").catch((e: NodeJS.ErrnoException) => {
+        if (e.code === "ENOENT") return undefined;
+        throw new CheckpointError(`cannot read chat_template.jinja: ${e.message}`, dir);
+      });
       if (template !== undefined) config.chat_template = template;
     }
     const generation = await readJson("generation_config.json", false);
@@ -333,8 +341,36 @@ interface PreTokenizerSpec {
   addBos?: boolean;
 }
 
-const LLAMA3_SPLIT_REGEX = String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
-const QWEN2_SPLIT_REGEX = String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+/** Llama 3's split as its tokenizer.json writes it (Oniguruma syntax, with a `(?i:...)` group). */
+export const LLAMA3_HF_SPLIT_REGEX = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+/** Qwen2's split (digits one by one) as its tokenizer.json writes it. */
+export const QWEN2_HF_SPLIT_REGEX = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+/** The same splits in JavaScript syntax, exactly as llama.cpp's llama-vocab.cpp spells them. */
+export const LLAMA3_SPLIT_REGEX = expandCaseInsensitiveGroups(LLAMA3_HF_SPLIT_REGEX);
+export const QWEN2_SPLIT_REGEX = expandCaseInsensitiveGroups(QWEN2_HF_SPLIT_REGEX);
+
+/**
+ * Rewrites Oniguruma's inline case-insensitive groups, which JavaScript (Node 20) lacks, into
+ * plain ones: `(?i:'s|'ll)` becomes `(?:'[sS]|'[lL][lL])`. Only groups of literal text and `|`
+ * are supported (all that tokenizer.json splits use); anything else inside one is an error
+ * rather than a silently different regex.
+ */
+export function expandCaseInsensitiveGroups(regex: string): string {
+  let out = "";
+  let i = 0;
+  for (;;) {
+    const start = regex.indexOf("(?i:", i);
+    if (start < 0) return out + regex.slice(i);
+    const end = regex.indexOf(")", start);
+    const body = end < 0 ? undefined : regex.slice(start + 4, end);
+    if (body === undefined || /[\\[\](){}.*+?^$]/.test(body)) {
+      throw new Error(`cannot rewrite the (?i:...) group at offset ${start} of ${JSON.stringify(regex)}: only literal text and '|' are supported inside it`);
+    }
+    const folded = body.replace(/[A-Za-z]/g, (c) => `[${c.toLowerCase()}${c.toUpperCase()}]`);
+    out += regex.slice(i, start) + "(?:" + folded + ")";
+    i = end + 1;
+  }
+}
 
 /** llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the splits they stand for (llama-vocab.cpp). */
 const GGUF_PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = (() => {
@@ -518,7 +554,8 @@ function firstOccurrences(merges: readonly string[]): string[] {
 // ---------------------------------------------------------------------------------------------
 // Reading tokenizer.json / tokenizer_config.json / GGUF metadata
 
-function tokenContent(value: unknown): string | undefined {
+/** The text of a special-token setting: a string, or an AddedToken-like { content }. */
+export function tokenContent(value: unknown): string | undefined {
   if (typeof value === "string") return value;
   if (value && typeof value === "object" && typeof (value as { content?: unknown }).content === "string") {
     return (value as { content: string }).content;
