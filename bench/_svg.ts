@@ -26,7 +26,9 @@ export function groupedBarChartSvg({ panels, series, footer }: BarChart): string
   const out: string[] = [];
   const totalW = W * panels.length;
   const totalH = H + 50;
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${totalW}" height="${totalH}" viewBox="0 0 ${totalW} ${totalH}" font-family="sans-serif" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${totalW}" height="${totalH}" viewBox="0 0 ${totalW} ${totalH}" font-family="sans-serif" font-size="12">`,
+  );
   out.push(`<rect width="100%" height="100%" fill="white"/>`);
   panels.forEach((p, pi) => {
     const x0 = pi * W;
@@ -50,7 +52,9 @@ export function groupedBarChartSvg({ panels, series, footer }: BarChart): string
         const v = p.values[si]![gi]!;
         if (!Number.isFinite(v)) return;
         const bx = gx + si * barW;
-        out.push(`<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(pad.t + plotH - y(v)).toFixed(1)}" fill="${COLORS[si % COLORS.length]}"/>`);
+        out.push(
+          `<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(pad.t + plotH - y(v)).toFixed(1)}" fill="${COLORS[si % COLORS.length]}"/>`,
+        );
         out.push(`<text x="${(bx + barW / 2 - 1).toFixed(1)}" y="${(y(v) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${fmt(v)}</text>`);
       });
       out.push(`<text x="${(x0 + pad.l + gi * groupW + groupW / 2).toFixed(1)}" y="${pad.t + plotH + 18}" text-anchor="middle">${esc(g)}</text>`);

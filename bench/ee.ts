@@ -95,7 +95,9 @@ function largestBenchHfModel(): string | undefined {
     for (const name of readdirSync(presetDir)) {
       const dir = join(presetDir, name);
       if (!statSync(dir).isDirectory() || !existsSync(join(dir, "config.json")) || !existsSync(join(dir, "tokenizer.json"))) continue;
-      const size = readdirSync(dir).filter((f) => f.endsWith(".safetensors")).reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+      const size = readdirSync(dir)
+        .filter((f) => f.endsWith(".safetensors"))
+        .reduce((n, f) => n + statSync(join(dir, f)).size, 0);
       if (size > 0 && (!best || size > best.size)) best = { dir, size };
     }
   }
@@ -136,7 +138,10 @@ export async function main(argv: string[]): Promise<void> {
 
     // Both swarms up at once, same spans; each client joins its own swarm.
     const spans = evenSpans(c.numLayers, 3);
-    const [plainNodes, encryptedNodes] = await Promise.all([startSwarm(plain, defaultModelId(SHIPPED_MODEL.hf), spans), startSwarm(encrypted, deploymentId(key), spans)]);
+    const [plainNodes, encryptedNodes] = await Promise.all([
+      startSwarm(plain, defaultModelId(SHIPPED_MODEL.hf), spans),
+      startSwarm(encrypted, deploymentId(key), spans),
+    ]);
     const plainClient = await SwarmClient.connect(plainNodes[0]!.addresses, c, { modelId: defaultModelId(SHIPPED_MODEL.hf) });
     const encryptedClient = await SwarmClient.connect(encryptedNodes[0]!.addresses, c, { modelId: deploymentId(key) });
     const plainLocal = await LocalPipeline.load(plain, { maxSequence: 512 });
@@ -171,7 +176,14 @@ export async function main(argv: string[]): Promise<void> {
         agree += tokens.plain!.filter((t, i) => t === tokens.encrypted![i]).length;
         compared += steps;
       }
-      if (record) console.log(`round ${r}/${rounds}: ` + Object.entries(decodeMs).map(([k, v]) => `${k} ${v.at(-1)!.toFixed(2)}`).join(", ") + " ms/token");
+      if (record)
+        console.log(
+          `round ${r}/${rounds}: ` +
+            Object.entries(decodeMs)
+              .map(([k, v]) => `${k} ${v.at(-1)!.toFixed(2)}`)
+              .join(", ") +
+            " ms/token",
+        );
     }
     for (const s of Object.values(sessions)) s.close();
     await plainClient.close();
@@ -185,8 +197,7 @@ export async function main(argv: string[]): Promise<void> {
     const pre = med(prefillMs);
     // Overheads are paired: the median over rounds of encrypted/plain within the same round, so a
     // drift of the machine's speed during the run (other processes, memory) cancels out.
-    const paired = (m: Record<string, number[]>, where: string) =>
-      100 * (median(m[`${where}_encrypted`]!.map((e, r) => e / m[`${where}_plain`]![r]!)) - 1);
+    const paired = (m: Record<string, number[]>, where: string) => 100 * (median(m[`${where}_encrypted`]!.map((e, r) => e / m[`${where}_plain`]![r]!)) - 1);
 
     // Encrypt-model time.
     const encryptRuns = Number(values["encrypt-runs"]);
@@ -213,7 +224,8 @@ export async function main(argv: string[]): Promise<void> {
         prefill_tokens: prefillTokens,
         transport: "js-libp2p tcp+noise+yamux on loopback, 3 nodes per swarm in this process, client-relayed, codec none",
         order: "plain and encrypted interleaved per round, order alternating; one untimed warm-up round",
-        estimators: "decode: median step latency per round; prefill: best of 3 per round; values: median over rounds; overhead: median over rounds of encrypted/plain in the same round",
+        estimators:
+          "decode: median step latency per round; prefill: best of 3 per round; values: median over rounds; overhead: median over rounds of encrypted/plain in the same round",
       },
       plain_ms_per_token: dec.swarm_plain!,
       encrypted_ms_per_token: dec.swarm_encrypted!,
@@ -244,7 +256,10 @@ export async function main(argv: string[]): Promise<void> {
     });
     console.table(
       Object.fromEntries(
-        result.encrypt_model.map((e) => [`${e.model} ${e.level}`, { "GB": e.weight_bytes / 1e9, "median s": e.median_seconds, "s/GB": e.seconds_per_gb, "one sha256 pass s": e.sha256_pass_seconds }]),
+        result.encrypt_model.map((e) => [
+          `${e.model} ${e.level}`,
+          { GB: e.weight_bytes / 1e9, "median s": e.median_seconds, "s/GB": e.seconds_per_gb, "one sha256 pass s": e.sha256_pass_seconds },
+        ]),
       ),
     );
     console.log(`greedy agreement plain vs encrypted: ${(100 * result.greedy_agreement).toFixed(2)}% of ${compared} tokens`);

@@ -52,10 +52,11 @@ async function bandwidth(a: { mib: number; iters: number; threads: number }): Pr
   const measure = async (threads: number) => {
     const share = Math.floor(size / threads);
     const workers = Array.from({ length: threads }, () => new Worker(code, { eval: true, workerData: share }));
-    const next = (w: Worker) => new Promise<unknown>((resolve, reject) => {
-      w.once("message", resolve);
-      w.once("error", reject);
-    });
+    const next = (w: Worker) =>
+      new Promise<unknown>((resolve, reject) => {
+        w.once("message", resolve);
+        w.once("error", reject);
+      });
     await Promise.all(workers.map(next));
     const out: Record<"copy" | "read", number[]> = { copy: [], read: [] };
     for (let i = 0; i < a.iters; i++) {
@@ -206,9 +207,7 @@ async function llamaRun(a: LlamaArgs): Promise<unknown> {
 
   /** Evaluates tokens and returns the greedy next token after the last one. */
   const evalNext = async (tokens: number[]): Promise<number> => {
-    const items = tokens.map((tok, i) =>
-      i === tokens.length - 1 ? ([tok, { generateNext: { token: true, options: { temperature: 0 } } }] as const) : tok,
-    );
+    const items = tokens.map((tok, i) => (i === tokens.length - 1 ? ([tok, { generateNext: { token: true, options: { temperature: 0 } } }] as const) : tok));
     const out = await sequence.controlledEvaluate(items as never);
     const next = out[tokens.length - 1]?.next.token;
     if (next == null) throw new Error("llama.cpp returned no next token");

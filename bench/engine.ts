@@ -157,7 +157,9 @@ const fileSize = (path: string) => {
   }
 };
 const dirBytes = (dir: string): number =>
-  existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).reduce((n, e) => n + (e.isDirectory() ? dirBytes(join(dir, e.name)) : fileSize(join(dir, e.name))), 0) : 0;
+  existsSync(dir)
+    ? readdirSync(dir, { withFileTypes: true }).reduce((n, e) => n + (e.isDirectory() ? dirBytes(join(dir, e.name)) : fileSize(join(dir, e.name))), 0)
+    : 0;
 
 // ------------------------------------------------------------------ results
 
@@ -304,9 +306,7 @@ export async function main(args: string[]): Promise<void> {
       for (const engine of order) {
         log(`[${elapsed()}] ${f} run ${r + 1}/${flags.repeat}: ${engine} (prefill ${flags.prompt}, decode ${flags.decode})`);
         const res =
-          engine === "tessera"
-            ? await runWorker<RunResult>("tessera", tesseraArgs(f, cacheDir))
-            : await runWorker<RunResult>("llamacpp", llamaArgs(f));
+          engine === "tessera" ? await runWorker<RunResult>("tessera", tesseraArgs(f, cacheDir)) : await runWorker<RunResult>("llamacpp", llamaArgs(f));
         (engine === "tessera" ? tess : llam).push(res);
         const dsum = res.decode_step_ms.reduce((a, b) => a + b, 0);
         log(
@@ -524,10 +524,17 @@ export async function main(args: string[]): Promise<void> {
   writeFileSync(join(resultsDir, "engine.json"), `${JSON.stringify(output, null, 2)}\n`);
   writeFileSync(join(resultsDir, "engine.svg"), barChartSvg(formats as Record<string, Record<string, number>>, flags, output.machine.cpu));
 
-  console.log(`\nEngine benchmark: ${flags.preset} (${(parameterCount(spec) / 1e6).toFixed(0)}M params), ${flags.threads} threads, prompt ${flags.prompt}, decode ${flags.decode}, median of ${flags.repeat}`);
-  console.log(`T = Tessera, L = llama.cpp; step ms = median decode step; BW frac = (weight bytes / copy bandwidth ${copyGbs.toFixed(1)} GB/s, read+write counted) / measured ms per token; read-only bandwidth ${readGbs.toFixed(1)} GB/s`);
+  console.log(
+    `\nEngine benchmark: ${flags.preset} (${(parameterCount(spec) / 1e6).toFixed(0)}M params), ${flags.threads} threads, prompt ${flags.prompt}, decode ${flags.decode}, median of ${flags.repeat}`,
+  );
+  console.log(
+    `T = Tessera, L = llama.cpp; step ms = median decode step; BW frac = (weight bytes / copy bandwidth ${copyGbs.toFixed(1)} GB/s, read+write counted) / measured ms per token; read-only bandwidth ${readGbs.toFixed(1)} GB/s`,
+  );
   console.table(rows);
-  if (hf) console.log(`HF BF16 folder: build ${hf.build_s} s, cached load ${hf.cached_load_s} s, logits max|diff| vs GGUF F32 ${hf.last_logits_max_abs_diff_vs_gguf_f32}, greedy agreement ${hf.greedy_prefix_agreement}`);
+  if (hf)
+    console.log(
+      `HF BF16 folder: build ${hf.build_s} s, cached load ${hf.cached_load_s} s, logits max|diff| vs GGUF F32 ${hf.last_logits_max_abs_diff_vs_gguf_f32}, greedy agreement ${hf.greedy_prefix_agreement}`,
+    );
   console.log(`wrote ${join(resultsDir, "engine.json")} and engine.svg; wall time ${(wallS / 60).toFixed(1)} min`);
 }
 

@@ -82,7 +82,9 @@ export async function main(argv: string[]): Promise<void> {
     for (const [i, { codec, chained }] of runs.entries()) {
       if (codec === "none") (chained ? chainedByNodes : byNodes)[n] = ms[i]!;
       if (n === 2 && !chained) byCodec[codec] = ms[i]!;
-      console.log(`${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms[i]!.toFixed(2)} ms/token (in-process ${base!.toFixed(2)})`);
+      console.log(
+        `${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms[i]!.toFixed(2)} ms/token (in-process ${base!.toFixed(2)})`,
+      );
     }
     baselineByNodes[n] = base!;
     for (const client of clients) await client.close();
@@ -104,7 +106,7 @@ export async function main(argv: string[]): Promise<void> {
       session.truncate(0);
       const window = agreementTokens.slice(w, w + 256);
       const logits = await session.append(window, { allLogits: true });
-      for (let i = 0; i < window.length; i++) predictions[codec]!.push(argmax(logits.subarray(i * c.vocabSize, (i + 1) * c.vocabSize)));
+      for (let i = 0; i < window.length; i++) predictions[codec].push(argmax(logits.subarray(i * c.vocabSize, (i + 1) * c.vocabSize)));
     }
     await client.close();
   }
@@ -119,7 +121,12 @@ export async function main(argv: string[]): Promise<void> {
     date: new Date().toISOString(),
     machine: { cpu: cpus()[0]?.model, cores: cpus().length, ram_bytes: totalmem(), node: process.version },
     model: { path: "models/tessera-kjv", blocks: c.numLayers, hidden: c.hiddenSize },
-    settings: { decode_steps: steps, rounds, statistic: "median per-token latency over interleaved rounds", transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, records from the kad-dht" },
+    settings: {
+      decode_steps: steps,
+      rounds,
+      statistic: "median per-token latency over interleaved rounds",
+      transport: "js-libp2p tcp+noise+yamux on loopback, nodes in this process, records from the kad-dht",
+    },
     inprocess_ms_per_token: inprocess,
     inprocess_ms_per_token_by_round: baselineByNodes,
     ms_per_token_by_nodes: byNodes,
@@ -136,7 +143,9 @@ export async function main(argv: string[]): Promise<void> {
     inprocess: { relayed_ms: inprocess },
     ...Object.fromEntries(Object.entries(byNodes).map(([k, v]) => [`${k} nodes`, { relayed_ms: v, chained_ms: chainedByNodes[k] }])),
   });
-  console.log(`hop overhead ${hopOverhead.toFixed(2)} ms relayed, ${chainedHopOverhead.toFixed(2)} ms chained; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`);
+  console.log(
+    `hop overhead ${hopOverhead.toFixed(2)} ms relayed, ${chainedHopOverhead.toFixed(2)} ms chained; blockwise8 ${result.blockwise8_size_ratio_vs_f32.toFixed(2)}x smaller than f32; greedy agreement ${(100 * agree).toFixed(2)}% over ${result.agreement_tokens} tokens`,
+  );
   mkdirSync(join(here, "results"), { recursive: true });
   writeFileSync(join(here, "results", "swarm.json"), JSON.stringify(result, null, 2) + "\n");
   const counts = ["1", "2", "3", "4"];

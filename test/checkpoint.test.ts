@@ -18,7 +18,10 @@ async function copyOf(preset: string, name: string): Promise<string> {
 }
 
 /** Rewrites model.safetensors of a folder through `edit` (name → tensor or undefined to drop). */
-async function rewriteTensors(dir: string, edit: (name: string, t: { dtype: string; shape: number[]; bytes: Uint8Array }) => { dtype: string; shape: number[]; bytes: Uint8Array } | undefined) {
+async function rewriteTensors(
+  dir: string,
+  edit: (name: string, t: { dtype: string; shape: number[]; bytes: Uint8Array }) => { dtype: string; shape: number[]; bytes: Uint8Array } | undefined,
+) {
   const infos = await readSafetensorsDir(dir);
   const tensors = [];
   for (const [name, info] of infos) {
@@ -43,7 +46,19 @@ test("configs of each family read the same from a Hugging Face folder and from G
   for (const preset of ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-gpt2"]) {
     const hf = (await openCheckpoint(await hfModel(preset))).config;
     const gg = (await openCheckpoint(await ggufModel(preset))).config;
-    for (const key of ["architecture", "vocabSize", "hiddenSize", "numLayers", "numHeads", "numKvHeads", "headDim", "intermediateSize", "tieWordEmbeddings", "qkvBias", "bosTokenId"] as const) {
+    for (const key of [
+      "architecture",
+      "vocabSize",
+      "hiddenSize",
+      "numLayers",
+      "numHeads",
+      "numKvHeads",
+      "headDim",
+      "intermediateSize",
+      "tieWordEmbeddings",
+      "qkvBias",
+      "bosTokenId",
+    ] as const) {
       assert.deepEqual(gg[key], hf[key], `${preset}: ${key}`);
     }
     assert.equal(gg.ropeInterleaved, preset === "tiny-llama" || preset === "tiny-llama3", `${preset}: GGUF llama stores adjacent rotary pairs`);

@@ -5,10 +5,10 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { promisify } from "node:util";
 import { workDir } from "./support/fixtures.js";
+import { cliArgs } from "./support/cli.js";
 
 const run = promisify(execFile);
-const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
-const tessera = (...args: string[]) => run(process.execPath, [bin, ...args], { env: process.env, timeout: 120_000 });
+const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
 
 test("make-test-model then generate: streams text, and --json reports tokens and timings", async () => {
   const dir = join(workDir, "cli-llama");
@@ -61,6 +61,13 @@ test("demo starts three node processes, streams a chat through them and shuts th
 test("--logit-bias parses ID=BIAS, -inf, and repeats into one map; bad forms are refused", async () => {
   const { logitBiasArg } = await import("../src/cli/args.js");
   const bias = logitBiasArg("7=-inf", logitBiasArg("42=2.5", logitBiasArg("3=-100")));
-  assert.deepEqual([...bias], [[3, -100], [42, 2.5], [7, -Infinity]]);
+  assert.deepEqual(
+    [...bias],
+    [
+      [3, -100],
+      [42, 2.5],
+      [7, -Infinity],
+    ],
+  );
   for (const bad of ["42", "x=1", "42=", "-1=2", "42=abc"]) assert.throws(() => logitBiasArg(bad), /expected TOKEN_ID=BIAS/);
 });

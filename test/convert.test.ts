@@ -42,7 +42,7 @@ for (const preset of ["tiny-llama", "tiny-qwen2", "tiny-gpt2"]) {
       let diff = 0;
       for (let i = 0; i < 512; i++) if (reference[i]! > -10) diff = Math.max(diff, Math.abs(reference[i]! - fromHf[i]!));
       assert.ok(diff < 1e-2, `llama.cpp: ${diff}`);
-      const text = "In the beginning, the 3 quick foxes said: \"héllo\"\n\n  world!";
+      const text = 'In the beginning, the 3 quick foxes said: "héllo"\n\n  world!';
       const folderTokenizer = await loadTokenizer(await openCheckpoint(hf));
       const ggufTokenizer = await loadTokenizer(await openCheckpoint(file));
       const ours = folderTokenizer.encode(text, { addSpecial: false });
@@ -101,7 +101,10 @@ test("the GPT-2, Qwen2 and Llama 3 splits tokenize the test text differently wit
   assert.notDeepEqual(qwen2, llama3);
 });
 
-for (const [style, pre] of [["qwen2", "qwen2"], ["llama3", "llama-bpe"]] as const) {
+for (const [style, pre] of [
+  ["qwen2", "qwen2"],
+  ["llama3", "llama-bpe"],
+] as const) {
   test(`${style}-style tokenizer.json (Sequence[Split, ByteLevel]) converts with tokenizer.ggml.pre '${pre}' and tokenizes like the folder, in llama.cpp and in Tessera`, async () => {
     const source = await styledFolder(style);
     const hf = join(workDir, `${style}-with-hole-hf`);
@@ -110,10 +113,11 @@ for (const [style, pre] of [["qwen2", "qwen2"], ["llama3", "llama-bpe"]] as cons
     const json = await readTokenizerJson(hf);
     const usedInMerges = new Set(json.model.merges.flatMap((m) => m.split(" ")));
     const added = new Set(json.added_tokens.map((t) => t.id));
-    const [hole, holeToken] = Object.entries(json.model.vocab)
-      .map(([token, id]) => [id, token] as const)
-      .filter(([id, token]) => !added.has(id) && !usedInMerges.has(token) && [...token].length > 1)
-      .sort((a, b) => b[0] - a[0])[0] ?? assert.fail("no learned token that no merge builds on");
+    const [hole, holeToken] =
+      Object.entries(json.model.vocab)
+        .map(([token, id]) => [id, token] as const)
+        .filter(([id, token]) => !added.has(id) && !usedInMerges.has(token) && [...token].length > 1)
+        .sort((a, b) => b[0] - a[0])[0] ?? assert.fail("no learned token that no merge builds on");
     delete json.model.vocab[holeToken];
     json.model.merges = json.model.merges.filter((m) => m.replace(" ", "") !== holeToken);
     await writeFile(join(hf, "tokenizer.json"), JSON.stringify(json));
@@ -133,7 +137,11 @@ for (const [style, pre] of [["qwen2", "qwen2"], ["llama3", "llama-bpe"]] as cons
     assert.equal(tokens.length, checkpoint.config.vocabSize);
     assert.equal(tokens[hole], `[PAD${hole}]`);
     assert.equal(types[hole], 5, "the hole is UNUSED");
-    assert.deepEqual(["<s>", "</s>", "<|im_start|>", "<|im_end|>"].map((t) => types[idOf(t)]), [3, 3, 3, 3], "specials are CONTROL");
+    assert.deepEqual(
+      ["<s>", "</s>", "<|im_start|>", "<|im_end|>"].map((t) => types[idOf(t)]),
+      [3, 3, 3, 3],
+      "specials are CONTROL",
+    );
     assert.equal(types[idOf("Ġthe")], 1);
     assert.equal((meta.get("tokenizer.ggml.merges") as string[]).length, json.model.merges.length);
     assert.equal(meta.get("tokenizer.ggml.eos_token_id"), idOf("</s>"));

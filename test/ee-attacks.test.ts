@@ -197,7 +197,10 @@ describe("on the shipped model (threat boundary)", async () => {
   const piInverse = inverse(pi);
 
   test("L0: anyone holding E' or U' of the public model recovers π completely", () => {
-    for (const [name, rows] of [["E'", embedding], ["U'", head]] as const) {
+    for (const [name, rows] of [
+      ["E'", embedding],
+      ["U'", head],
+    ] as const) {
       const recovered = matchRowsExact(rows, encryptRows(rows, vocab, hidden, pi), vocab, hidden);
       console.log(`L0 ${name}: π recovered for ${countCorrect(recovered, piInverse)}/${vocab} ids`);
       assert.deepEqual(recovered, piInverse);
@@ -205,7 +208,10 @@ describe("on the shipped model (threat boundary)", async () => {
   });
 
   test("L1: sorted-row matching recovers π through the hidden permutation σ", () => {
-    for (const [name, rows] of [["E'", embedding], ["U'", head]] as const) {
+    for (const [name, rows] of [
+      ["E'", embedding],
+      ["U'", head],
+    ] as const) {
       const result = matchRowsSortedDetailed(rows, encryptRows(rows, vocab, hidden, pi, sigma), vocab, hidden);
       const correct = countCorrect(result.map, piInverse);
       console.log(`L1 ${name}: π recovered for ${correct}/${vocab} ids (${result.ambiguous} ambiguous, ${result.unmatched} unmatched)`);
@@ -247,10 +253,16 @@ describe("on the shipped model (threat boundary)", async () => {
       rng: createRng(1),
     });
     console.log(`frequency analysis: reference ${half} tokens, victim ${victim.length} tokens, sessions of 64 tokens`);
-    console.table(rows.map((r) => ({ ...r, recoveredDistinct: r.recoveredDistinct.toFixed(3), recoveredTokens: r.recoveredTokens.toFixed(3), contestScore: Math.round(r.contestScore) })));
+    console.table(
+      rows.map((r) => ({
+        ...r,
+        recoveredDistinct: r.recoveredDistinct.toFixed(3),
+        recoveredTokens: r.recoveredTokens.toFixed(3),
+        contestScore: Math.round(r.contestScore),
+      })),
+    );
 
-    const curve = (key: CurveRow["key"], attack: CurveRow["attack"]) =>
-      rows.filter((r) => r.key === key && r.attack === attack).map((r) => r.recoveredTokens);
+    const curve = (key: CurveRow["key"], attack: CurveRow["attack"]) => rows.filter((r) => r.key === key && r.attack === attack).map((r) => r.recoveredTokens);
     const staticBigram = curve("static", "bigram");
     const rotatedBigram = curve("per-session", "bigram");
     const chance = 1 / vocab;

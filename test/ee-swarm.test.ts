@@ -24,10 +24,10 @@ import { spawnNode } from "../src/swarm/node-process.js";
 import type { ServerStep } from "../src/swarm/span-server.js";
 import { MissingBlocksError } from "../src/swarm/records.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
+import { cliArgs } from "./support/cli.js";
 
-const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
 const run = promisify(execFile);
-const tessera = (...args: string[]) => run(process.execPath, [bin, ...args], { env: process.env, timeout: 60_000 });
+const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 60_000 });
 
 let plainPath: string;
 let plain: Checkpoint;
@@ -48,7 +48,13 @@ before(async () => {
   tokenizer = await loadTokenizer(plain);
   // A fixed secret keeps the L1 rounding, and so every greedy tie-break, the same run to run.
   const c = plain.config;
-  const fields = { baseModelHash: await checkpointHash(plain), vocabHash: vocabHash(tokenizer), vocabSize: c.vocabSize, level: "L1" as const, ropeLayout: ropeLayoutOf(c) };
+  const fields = {
+    baseModelHash: await checkpointHash(plain),
+    vocabHash: vocabHash(tokenizer),
+    vocabSize: c.vocabSize,
+    level: "L1" as const,
+    ropeLayout: ropeLayoutOf(c),
+  };
   await writeKeyFile(keyFile, newKey(fields, SECRET));
   encrypted = await encryptModel({ model: plainPath, keyFile, level: "L1", out: encryptedPath });
   key = encrypted.key;
@@ -85,7 +91,12 @@ test("nodes serving an encrypted checkpoint announce it under the deployment id 
   assert.equal(await modelIdFor(encryptedPath), deploymentId(key));
   assert.equal(await modelIdFor(`${encryptedPath}/`), deploymentId(key));
   assert.equal(await modelIdFor(plainPath), defaultModelId(plainPath), "a checkpoint without a manifest keeps its name");
-  const gguf = await encryptModel({ model: await ggufModel("tiny-llama"), keyFile: join(workDir, "ee-swarm-gguf.key"), level: "L0", out: join(workDir, "tiny-llama-ee.gguf") });
+  const gguf = await encryptModel({
+    model: await ggufModel("tiny-llama"),
+    keyFile: join(workDir, "ee-swarm-gguf.key"),
+    level: "L0",
+    out: join(workDir, "tiny-llama-ee.gguf"),
+  });
   assert.equal(gguf.manifestFile, join(workDir, "tiny-llama-ee.ee-manifest.json"));
   assert.equal(await modelIdFor(join(workDir, "tiny-llama-ee.gguf")), deploymentId(gguf.key), "a GGUF's manifest sits beside it");
   for (const node of nodes) {
@@ -119,7 +130,10 @@ test("greedy generation through the encrypted swarm equals the plaintext model's
       return Array.from(s.tokens);
     });
     const fed = [...result.promptTokens, ...result.tokens].slice(0, received.length);
-    assert.ok(received.length >= result.promptTokens.length + result.tokens.length - 1, `the first node ran the prompt and every fed-back token (${received.length} ids)`);
+    assert.ok(
+      received.length >= result.promptTokens.length + result.tokens.length - 1,
+      `the first node ran the prompt and every fed-back token (${received.length} ids)`,
+    );
     assert.deepEqual(received, cipher.encrypt(fed), "it received exactly the cipher ids of the plaintext");
     assert.notDeepEqual(received, fed);
     const same = received.filter((id, i) => id === fed[i]).length;
@@ -166,7 +180,10 @@ test("tessera generate --key: through node processes and on this machine it gene
       return true;
     });
   await Promise.all([
-    fails(["--key", otherKey, "--swarm", first.addr], new RegExp(`MissingBlocksError: no node found through .* under model id ${deploymentId(other)} \\(the deployment id of .*ee-swarm-other\\.key`)),
+    fails(
+      ["--key", otherKey, "--swarm", first.addr],
+      new RegExp(`MissingBlocksError: no node found through .* under model id ${deploymentId(other)} \\(the deployment id of .*ee-swarm-other\\.key`),
+    ),
     fails(["--key", foreignKey, "--swarm", first.addr], /EeKeyError: .*ee-swarm-foreign\.key is not a key for .*another tokenizer/),
     fails(["--key", join(workDir, "missing.key"), "--swarm", first.addr], /EeKeyError: .*missing\.key: cannot read key file/),
     fails(["--key", otherKey, "--encrypted-model", encryptedPath], /EeKeyError: .*ee-swarm-other\.key is not the key .*tiny-llama-ee-l1 was encrypted with/),

@@ -34,6 +34,7 @@ import { readGguf } from "../src/model/gguf.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens, workDir } from "./support/fixtures.js";
+import { cliArgs } from "./support/cli.js";
 
 const SECRET = new Uint8Array(32).map((_, i) => (i * 29 + 7) & 0xff);
 const HASH = "ab".repeat(32);
@@ -80,7 +81,12 @@ describe("key derivation", () => {
     const others = [
       derivePermutation(SECRET, HASH, "ffn/1", 512),
       derivePermutation(SECRET, "cd".repeat(32), "ffn/0", 512),
-      derivePermutation(SECRET.map((x) => x ^ 1), HASH, "ffn/0", 512),
+      derivePermutation(
+        SECRET.map((x) => x ^ 1),
+        HASH,
+        "ffn/0",
+        512,
+      ),
     ];
     for (const b of others) {
       const same = a.map.filter((x, i) => x === b.map[i]).length;
@@ -112,7 +118,10 @@ describe("key derivation", () => {
       assert.equal(inverse[map[i]!], i);
       seen[map[i]!]!++;
     }
-    assert.ok(seen.every((n) => n === 1), "a bijection");
+    assert.ok(
+      seen.every((n) => n === 1),
+      "a bijection",
+    );
   });
 
   test("key files are written owner-only, read back equal, and a bad field is named", async () => {
@@ -123,7 +132,13 @@ describe("key derivation", () => {
     assert.deepEqual(await readKeyFile(file), key);
     await assert.rejects(writeKeyFile(file, key), /EEXIST/, "an existing key is never overwritten");
     const json = JSON.parse(await readFile(file, "utf8"));
-    for (const [field, value] of [["level", "L2"], ["secret", "00ff"], ["baseModelHash", "xyz"], ["ropeLayout", "rotate"], ["v", 2]] as const) {
+    for (const [field, value] of [
+      ["level", "L2"],
+      ["secret", "00ff"],
+      ["baseModelHash", "xyz"],
+      ["ropeLayout", "rotate"],
+      ["v", 2],
+    ] as const) {
       const bad = join(workDir, `bad-${field}.key`);
       await writeFile(bad, JSON.stringify({ ...json, [field]: value }));
       await assert.rejects(readKeyFile(bad), (e: Error) => e instanceof EeKeyError && e.message.includes(`'${field}'`));
@@ -238,7 +253,10 @@ describe("L1: vocabulary and every hidden basis", () => {
     assert.ok(maxAbsDiff(plain, encrypted) < 0.1 * maxAbs(plain));
   });
 
-  for (const [format, path] of [["hf", SHIPPED_MODEL.hf], ["gguf", SHIPPED_MODEL.gguf]] as const) {
+  for (const [format, path] of [
+    ["hf", SHIPPED_MODEL.hf],
+    ["gguf", SHIPPED_MODEL.gguf],
+  ] as const) {
     test(`the shipped model (${format}): 40 greedy tokens equal plain wherever the top-1 margin exceeds 1e-3, logits within 1e-4 relative`, async (t) => {
       const t0 = performance.now();
       const { key, out } = await encrypt(path, "L1");
@@ -265,7 +283,9 @@ describe("L1: vocabulary and every hidden basis", () => {
           }
           assert.ok(asserted >= 30, `only ${asserted} of 40 steps had a clear top token`);
           assert.ok(worst <= 1e-4, `max relative logit error ${worst.toExponential(2)}`);
-          t.diagnostic(`shipped model ${format} L1: encrypted in ${encryptMs.toFixed(0)} ms; max relative logit error ${worst.toExponential(2)}; ${asserted}/40 steps compared`);
+          t.diagnostic(
+            `shipped model ${format} L1: encrypted in ${encryptMs.toFixed(0)} ms; max relative logit error ${worst.toExponential(2)}; ${asserted}/40 steps compared`,
+          );
         });
       });
     });
@@ -321,7 +341,10 @@ describe("what leaves with the encrypted model", () => {
     const model = await ggufModel("tiny-gpt2");
     const { key, out, manifestFile } = await encrypt(model, "L1");
     const gguf = await readGguf(out);
-    assert.deepEqual([...gguf.metadata.keys()].filter((k) => k.startsWith("tokenizer.")), []);
+    assert.deepEqual(
+      [...gguf.metadata.keys()].filter((k) => k.startsWith("tokenizer.")),
+      [],
+    );
     const input = await readGguf(model);
     for (const [k, type] of gguf.metadataTypes) {
       if (input.metadata.has(k)) assert.deepEqual(type, input.metadataTypes.get(k), `${k} keeps its GGUF type`);
@@ -336,17 +359,13 @@ describe("what leaves with the encrypted model", () => {
 
   test("tessera encrypt-model creates a key once, then refuses it for another level or checkpoint", async () => {
     const run = promisify(execFile);
-    const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
-    const tessera = (...args: string[]) => run(process.execPath, [bin, ...args], { env: process.env, timeout: 120_000 });
+    const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
     const model = await hfModel("tiny-llama");
     const keyFile = join(workDir, "cli.key");
     const made = await tessera("encrypt-model", "-m", model, "--key", keyFile, "--level", "L0", "-o", join(workDir, "cli-l0"));
     assert.match(made.stderr, /creating key/);
     assert.equal((await readKeyFile(keyFile)).level, "L0");
-    await assert.rejects(
-      tessera("encrypt-model", "-m", model, "--key", keyFile, "--level", "L1", "-o", join(workDir, "cli-l1")),
-      /key's level is "L0"/,
-    );
+    await assert.rejects(tessera("encrypt-model", "-m", model, "--key", keyFile, "--level", "L1", "-o", join(workDir, "cli-l1")), /key's level is "L0"/);
     await assert.rejects(
       tessera("encrypt-model", "-m", await hfModel("tiny-gpt2"), "--key", keyFile, "--level", "L0", "-o", join(workDir, "cli-gpt2")),
       /baseModelHash/,

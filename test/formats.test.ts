@@ -160,8 +160,7 @@ function knownQuantInput(): Float32Array {
 const GGML_Q8_0 =
   "4d2681df3d9af856b41270cd2b89e745a2005ebb1977d53390ee4caa0866c3217fdc003c7f03fd01ff02fe7fe6e9ecf0f3f6f9fd0003070a0d10" +
   "14171a1d2124272a2e310c26817fd61ae62af53a05d015e025f03500cb10db20eb30fbc60bd61ae62af53a05";
-const GGML_Q4_0 =
-  "4036e046acf258bd1379df358be046acf268f0cb80888878787878706a696969695958580036509f65aa76bb874c9855a966ba77cb88";
+const GGML_Q4_0 = "4036e046acf258bd1379df358be046acf268f0cb80888878787878706a696969695958580036509f65aa76bb874c9855a966ba77cb88";
 
 describe("Q8_0 / Q4_0", () => {
   test("quantizers reproduce ggml's reference bytes", () => {
@@ -175,7 +174,10 @@ describe("Q8_0 / Q4_0", () => {
     assert.equal(hex(quantizeQ4_0(zeros)), "0080" + "88".repeat(16));
     for (const dtype of ["Q8_0", "Q4_0"] as const) {
       const q = dtype === "Q8_0" ? quantizeQ8_0(zeros) : quantizeQ4_0(zeros);
-      assert.ok(dequantize(dtype, q, 32).every((v) => v === 0), dtype);
+      assert.ok(
+        dequantize(dtype, q, 32).every((v) => v === 0),
+        dtype,
+      );
     }
   });
 
@@ -334,10 +336,9 @@ describe("safetensors", () => {
     await writeSafetensors(file, [{ name: "attn.0", dtype: "F32", shape: [1, 2, 3], bytes: bytesOf(Float32Array.of(0, 1, 2, 3, 4, 5)) }]);
     // safetensors/src/tensor.rs, test_serialization
     const expected = [
-      64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100, 116, 121, 112, 101, 34, 58, 34, 70,
-      51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34, 58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111,
-      102, 102, 115, 101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0,
-      64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
+      64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100, 116, 121, 112, 101, 34, 58, 34, 70, 51, 50, 34, 44, 34, 115, 104, 97,
+      112, 101, 34, 58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111, 102, 102, 115, 101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125,
+      0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
     ];
     assert.deepEqual([...(await readFile(file))], expected);
 
@@ -365,10 +366,7 @@ describe("safetensors", () => {
     const folder = tempPath("sharded");
     const tensors = sampleTensors();
     const files = await writeSafetensorsSharded(folder, tensors, 40);
-    assert.deepEqual((await readdir(folder)).sort(), [
-      ...[1, 2, 3, 4, 5].map((i) => `model-0000${i}-of-00005.safetensors`),
-      "model.safetensors.index.json",
-    ]);
+    assert.deepEqual((await readdir(folder)).sort(), [...[1, 2, 3, 4, 5].map((i) => `model-0000${i}-of-00005.safetensors`), "model.safetensors.index.json"]);
     assert.equal(files.length, 6);
     const index = await readFile(join(folder, "model.safetensors.index.json"), "utf8");
     const totalSize = tensors.reduce((s, t) => s + t.bytes.length, 0);
@@ -453,11 +451,7 @@ describe("safetensors", () => {
   test("header that lies about sizes, overlaps or dtypes", async () => {
     const cases: [string, string, RegExp][] = [
       ['{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}', "w", /needs 24 bytes, but data_offsets \[0, 20\] span 20/],
-      [
-        '{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}',
-        "b",
-        /overlaps tensor 'a'/,
-      ],
+      ['{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}', "b", /overlaps tensor 'a'/],
       ['{"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}', "w", /unsupported dtype "F64"/],
       ['{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}}', "w", /shape must be an array of non-negative integers/],
       ['{"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}', "w", /data_offsets must be \[begin, end\]/],
@@ -476,12 +470,7 @@ describe("safetensors", () => {
 
   test("writer rejects sizes that do not match shapes and formats it cannot hold", async () => {
     const file = tempPath("bad-write.safetensors");
-    await rejectsCheckpoint(
-      writeSafetensors(file, [{ name: "w", dtype: "F32", shape: [2], bytes: new Uint8Array(7) }]),
-      file,
-      "w",
-      /needs 8 bytes, got 7/,
-    );
+    await rejectsCheckpoint(writeSafetensors(file, [{ name: "w", dtype: "F32", shape: [2], bytes: new Uint8Array(7) }]), file, "w", /needs 8 bytes, got 7/);
     await rejectsCheckpoint(
       writeSafetensors(file, [{ name: "q", dtype: "Q8_0", shape: [32], bytes: new Uint8Array(34) }]),
       file,
@@ -601,7 +590,10 @@ describe("GGUF", () => {
     assert.equal(read.alignment, 32);
     assert.deepEqual(Object.fromEntries(read.metadata), expectedMetadata);
     assert.equal(read.unsupportedTensors.size, 0);
-    assert.deepEqual([...read.tensors.keys()], tensors.map((t) => t.name));
+    assert.deepEqual(
+      [...read.tensors.keys()],
+      tensors.map((t) => t.name),
+    );
     for (const t of tensors) {
       const info = ggufTensor(read, t.name);
       assert.equal(info.dtype, t.dtype);
@@ -664,8 +656,17 @@ describe("GGUF", () => {
       u32le(3),
       u64le(1n), // tensors
       u64le(1n), // metadata pairs
-      u64le(1n), Buffer.from("a"), u32le(4), u32le(7), // "a": u32 7
-      u64le(1n), Buffer.from("w"), u32le(2), u64le(3n), u64le(2n), u32le(0), u64le(0n), // ne = [3, 2], F32, offset 0
+      u64le(1n),
+      Buffer.from("a"),
+      u32le(4),
+      u32le(7), // "a": u32 7
+      u64le(1n),
+      Buffer.from("w"),
+      u32le(2),
+      u64le(3n),
+      u64le(2n),
+      u32le(0),
+      u64le(0n), // ne = [3, 2], F32, offset 0
     ]);
     const bytes = await readFile(file);
     assert.equal(hex(bytes.subarray(0, expectedHeader.length)), hex(expectedHeader));
@@ -682,34 +683,45 @@ describe("GGUF", () => {
     assert.equal(read.alignment, 64);
     for (const info of read.tensors.values()) assert.equal(info.offset % 64, 0);
     const bytes = await readTensorsBytes([...read.tensors.values()]);
-    assert.deepEqual(bytes, tensors.map((t) => t.bytes));
-    await rejectsCheckpoint(
-      writeGguf(tempPath("x.gguf"), [["general.alignment", gguf.u32(48)]], []),
-      ".gguf",
-      undefined,
-      /power of two/,
+    assert.deepEqual(
+      bytes,
+      tensors.map((t) => t.bytes),
     );
+    await rejectsCheckpoint(writeGguf(tempPath("x.gguf"), [["general.alignment", gguf.u32(48)]], []), ".gguf", undefined, /power of two/);
   });
 
   test("tensors of unsupported ggml types are listed and fail only when used", async () => {
     const file = tempPath("q4k.gguf");
-    await writeGguf(file, [], [
-      { name: "exotic", dtype: "F32", shape: [256], bytes: new Uint8Array(1024) },
-      { name: "plain", dtype: "F32", shape: [2], bytes: new Uint8Array(8) },
-    ]);
+    await writeGguf(
+      file,
+      [],
+      [
+        { name: "exotic", dtype: "F32", shape: [256], bytes: new Uint8Array(1024) },
+        { name: "plain", dtype: "F32", shape: [2], bytes: new Uint8Array(8) },
+      ],
+    );
     // Retype "exotic" to Q4_K (ggml id 12): 256 elements in one 144-byte block.
     const typeAt = 24 + 8 + "exotic".length + 4 + 8;
     await patchFile(file, typeAt, u32le(12));
     const read = await readGguf(file);
     assert.deepEqual([...read.tensors.keys()], ["plain"]);
     assert.deepEqual(read.unsupportedTensors.get("exotic"), {
-      name: "exotic", ggmlType: 12, ggmlTypeName: "Q4_K", shape: [256], offset: read.dataOffset, byteLength: 144, file,
+      name: "exotic",
+      ggmlType: 12,
+      ggmlTypeName: "Q4_K",
+      shape: [256],
+      offset: read.dataOffset,
+      byteLength: 144,
+      file,
     });
-    assert.throws(() => ggufTensor(read, "exotic"), (e: unknown) => {
-      assert.ok(e instanceof CheckpointError);
-      assert.match(e.message, new RegExp(`${file}: tensor 'exotic': ggml type 12 \\(Q4_K\\) is not supported`));
-      return true;
-    });
+    assert.throws(
+      () => ggufTensor(read, "exotic"),
+      (e: unknown) => {
+        assert.ok(e instanceof CheckpointError);
+        assert.match(e.message, new RegExp(`${file}: tensor 'exotic': ggml type 12 \\(Q4_K\\) is not supported`));
+        return true;
+      },
+    );
     assert.throws(() => ggufTensor(read, "missing"), /tensor 'missing': no such tensor/);
   });
 
@@ -717,10 +729,14 @@ describe("GGUF", () => {
     /** A valid file: one u32 metadata pair "k", then tensors "first" (Q8_0 [2, 32]) and "second" (F32 [4]). */
     async function validGguf(): Promise<string> {
       const file = tempPath("victim.gguf");
-      await writeGguf(file, [["k", gguf.u32(1)]], [
-        { name: "first", dtype: "Q8_0", shape: [2, 32], bytes: quantizeQ8_0(randomFloats(64, 3)) },
-        { name: "second", dtype: "F32", shape: [4], bytes: new Uint8Array(16) },
-      ]);
+      await writeGguf(
+        file,
+        [["k", gguf.u32(1)]],
+        [
+          { name: "first", dtype: "Q8_0", shape: [2, 32], bytes: quantizeQ8_0(randomFloats(64, 3)) },
+          { name: "second", dtype: "F32", shape: [4], bytes: new Uint8Array(16) },
+        ],
+      );
       return file;
     }
     const KEY_LENGTH_AT = 24;
@@ -801,12 +817,7 @@ describe("GGUF", () => {
         "w",
         /Q4_0 \[2,32\] needs 36 bytes, got 35/,
       );
-      await rejectsCheckpoint(
-        writeGguf(file, [], [{ name: "w", dtype: "Q8_0", shape: [2, 30], bytes: new Uint8Array(0) }]),
-        file,
-        "w",
-        /multiple of 32/,
-      );
+      await rejectsCheckpoint(writeGguf(file, [], [{ name: "w", dtype: "Q8_0", shape: [2, 30], bytes: new Uint8Array(0) }]), file, "w", /multiple of 32/);
       await rejectsCheckpoint(writeGguf(file, [], [{ name: "m", dtype: "U8", shape: [1], bytes: new Uint8Array(1) }]), file, "m", /no ggml type/);
       await rejectsCheckpoint(writeGguf(file, [["x", gguf.u8(256)]], []), file, undefined, /metadata 'x': 256 is not a valid u8/);
       const misspelt = { type: "arr", elementType: "string", values: ["a"] } as unknown as GgufTyped;

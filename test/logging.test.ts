@@ -43,7 +43,10 @@ async function misbehave(node: NodeProcess): Promise<void> {
 async function logged(node: NodeProcess, pattern: RegExp, ms = 20_000): Promise<string> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const line = node.stderr().split("\n").find((l) => pattern.test(l));
+    const line = node
+      .stderr()
+      .split("\n")
+      .find((l) => pattern.test(l));
     if (line) return line;
     if (Date.now() > deadline) assert.fail(`no log line matching ${pattern} in:\n${node.stderr()}`);
     await new Promise((r) => setTimeout(r, 20));

@@ -16,11 +16,11 @@ import { CheckpointError } from "../src/model/types.js";
 import { defaultModelId, modelIdFor } from "../src/swarm/model-id.js";
 import { spawnNode, stopNode } from "../src/swarm/node-process.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
+import { cliArgs } from "./support/cli.js";
 
 const TEXT = "In the beginning God created the heaven and the earth.";
 const run = promisify(execFile);
-const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
-const tessera = (...args: string[]) => run(process.execPath, [bin, ...args], { env: process.env, timeout: 120_000 });
+const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
 
 /** A folder named like `full` (so it has the same default model id) holding only its client files. */
 async function weightlessCopy(full: string, extra: string[] = []): Promise<string> {
@@ -63,7 +63,10 @@ test("a Hugging Face folder without weights: openModelInfo gives the checkpoint'
   assert.equal(info.modelId, await modelIdFor(full), "the id the nodes serving the full folder announce");
   assert.equal(info.modelId, defaultModelId(full));
   assert.equal(info.manifest, undefined);
-  assert.deepEqual(info.files, ["config.json", "tokenizer.json", "tokenizer_config.json"].map((f) => join(dir, f)));
+  assert.deepEqual(
+    info.files,
+    ["config.json", "tokenizer.json", "tokenizer_config.json"].map((f) => join(dir, f)),
+  );
   assert.equal(await info.tokenizer(), tokenizer, "loaded once");
 
   await assert.rejects(openCheckpoint(dir), checkpointError(dir, /no model\.safetensors or model\.safetensors\.index\.json/));
@@ -150,7 +153,10 @@ test("generate, eval and swarm through a node, from a folder without weights, ma
     const gen = ["generate", "--prompt", TEXT, "--temperature", "0", "--max-tokens", "8"];
     const evalArgs = ["eval", "-d", data, "--window", "32", "--json"];
     const withManifest = await weightlessCopy(full);
-    await writeFile(join(withManifest, MANIFEST_FILE_NAME), JSON.stringify({ baseModelHash: "a".repeat(64), level: "L0", ropeLayout: "half", deploymentId: "b".repeat(64), modelHash: "c".repeat(64) }));
+    await writeFile(
+      join(withManifest, MANIFEST_FILE_NAME),
+      JSON.stringify({ baseModelHash: "a".repeat(64), level: "L0", ropeLayout: "half", deploymentId: "b".repeat(64), modelHash: "c".repeat(64) }),
+    );
     const [viaSwarm, local, evalSwarm, evalLocal, dashboard, encrypted] = await Promise.all([
       tessera(...gen, "--model", dir, "--swarm", node.addr),
       tessera(...gen, "--model", full),
@@ -169,7 +175,10 @@ test("generate, eval and swarm through a node, from a folder without weights, ma
     const swarmResult = JSON.parse(evalSwarm.stdout);
     const localResult = JSON.parse(evalLocal.stdout);
     assert.equal(swarmResult.predicted, localResult.predicted);
-    assert.ok(Math.abs(swarmResult.perplexity - localResult.perplexity) < 1e-3 * localResult.perplexity, `swarm ${swarmResult.perplexity} vs local ${localResult.perplexity}`);
+    assert.ok(
+      Math.abs(swarmResult.perplexity - localResult.perplexity) < 1e-3 * localResult.perplexity,
+      `swarm ${swarmResult.perplexity} vs local ${localResult.perplexity}`,
+    );
 
     assert.match(dashboard.stdout, new RegExp(`swarm of ${defaultModelId(full)}: 1 node online, 4 blocks`));
 

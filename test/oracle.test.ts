@@ -86,7 +86,11 @@ for (const preset of Object.keys(F32_TOLERANCE)) {
 // Quantized files: both run the stored Q8_0/Q4_0 weights, but llama.cpp rounds activations to
 // its own 8-bit blocks and ORT's MatMulNBits to its own, so log-probabilities differ by about
 // as much as quantizing does (~0.2 on these untrained models); the top token must agree.
-for (const [dtype, format] of [["Q8_0", "q8"], ["Q4_0", "q4"], ["F16", "f16"]] as const) {
+for (const [dtype, format] of [
+  ["Q8_0", "q8"],
+  ["Q4_0", "q4"],
+  ["F16", "f16"],
+] as const) {
   test(`tiny-llama GGUF ${dtype} on the ${format} engine tracks llama.cpp`, async () => {
     const file = await ggufModel("tiny-llama", dtype);
     const oracle = await oracleFor(file);

@@ -22,8 +22,20 @@ import { canonicalJson, MAX_RECORD_BYTES, RECORD_TTL_MS, type RecordBody, signRe
 const NOW = 1_000_000;
 
 const infoOf = (key: PrivateKey, extra: Partial<NodeInfo> = {}): NodeInfo => ({
-  peerId: peerIdFromPrivateKey(key).toString(), state: "online", modelId: "tiny-llama", checkpointHash: "x", numBlocks: 8, start: 2, end: 6,
-  inferenceRps: 50, forwardRps: 500, cacheTokensLeft: 1000, nextPings: { b: 0.01, a: 0.02 }, linkMbps: 0, version: "x", ...extra,
+  peerId: peerIdFromPrivateKey(key).toString(),
+  state: "online",
+  modelId: "tiny-llama",
+  checkpointHash: "x",
+  numBlocks: 8,
+  start: 2,
+  end: 6,
+  inferenceRps: 50,
+  forwardRps: 500,
+  cacheTokensLeft: 1000,
+  nextPings: { b: 0.01, a: 0.02 },
+  linkMbps: 0,
+  version: "x",
+  ...extra,
 });
 
 const bodyOf = (key: PrivateKey, now: number, extra: Partial<NodeInfo> = {}): RecordBody => ({ ...infoOf(key, extra), expiresAt: now + RECORD_TTL_MS });
@@ -159,7 +171,14 @@ async function roguePeer(key: PrivateKey) {
     services: {
       identify: identify(),
       ping: ping(),
-      dht: kadDHT({ protocol: DHT_PROTOCOL, clientMode: false, peerInfoMapper: passthroughMapper, allowQueryWithZeroPeers: true, validators: { tessera: async () => {} }, selectors: { tessera: () => 0 } }),
+      dht: kadDHT({
+        protocol: DHT_PROTOCOL,
+        clientMode: false,
+        peerInfoMapper: passthroughMapper,
+        allowQueryWithZeroPeers: true,
+        validators: { tessera: async () => {} },
+        selectors: { tessera: () => 0 },
+      }),
     },
   });
 }

@@ -218,7 +218,10 @@ test("a session routed over three nodes generates what the local engine generate
     const expected = await greedy(local.openSession(64), prompt, 20);
 
     const healthy = await RouteSession.open(swarm, { numBlocks: 4, maxLength: 64 });
-    assert.deepEqual(healthy.route, [{ peerId: "A", start: 0, end: 2 }, { peerId: "B", start: 2, end: 4 }]);
+    assert.deepEqual(healthy.route, [
+      { peerId: "A", start: 0, end: 2 },
+      { peerId: "B", start: 2, end: 4 },
+    ]);
     assert.deepEqual(await greedy(healthy, prompt, 20), expected);
     // In-process "nodes" answer in about their compute time: the measured overhead is far below Petals' 18 ms.
     const overhead = healthy.measuredHopOverhead;
@@ -232,10 +235,19 @@ test("a session routed over three nodes generates what the local engine generate
       if (i === 8) swarm.dead.add("B");
     });
     assert.deepEqual(tokens, expected, "same tokens as without the failure");
-    assert.deepEqual(failovers.map((f) => [f.peerId, f.replacement]), [["B", [{ peerId: "C", start: 2, end: 4 }]]]);
-    assert.deepEqual(session.route, [{ peerId: "A", start: 0, end: 2 }, { peerId: "C", start: 2, end: 4 }]);
+    assert.deepEqual(
+      failovers.map((f) => [f.peerId, f.replacement]),
+      [["B", [{ peerId: "C", start: 2, end: 4 }]]],
+    );
+    assert.deepEqual(session.route, [
+      { peerId: "A", start: 0, end: 2 },
+      { peerId: "C", start: 2, end: 4 },
+    ]);
     // Opening looked up every block's holders; the re-route only those of the failed hop's blocks.
-    assert.deepEqual(swarm.asked, [{ start: 0, end: 4 }, { start: 2, end: 4 }]);
+    assert.deepEqual(swarm.asked, [
+      { start: 0, end: 4 },
+      { start: 2, end: 4 },
+    ]);
     session.close();
   } finally {
     await local.release();
@@ -277,14 +289,20 @@ function stepTrace(swarm: InProcessSwarm, id: number) {
 
 test("a lost push costs one grace wait: the client relays the rest of that step itself, and the grace follows measured pushes", async () => {
   const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
-  const swarm = new InProcessSwarm(checkpoint, ["A", "B", "C", "D"].map((peerId, i) => ({ peerId, start: i, end: i + 1, rps: 200 })));
+  const swarm = new InProcessSwarm(
+    checkpoint,
+    ["A", "B", "C", "D"].map((peerId, i) => ({ peerId, start: i, end: i + 1, rps: 200 })),
+  );
   const local = await LocalPipeline.load(checkpoint, { maxSequence: 256 });
   try {
     const prompt = sampleTokens(7, 512, 23);
     const expected = await greedy(local.openSession(64), prompt, 12);
     const session = await RouteSession.open(swarm, { numBlocks: 4, maxLength: 64, chained: true });
     assert.equal(session.chaining, true);
-    assert.deepEqual(session.route.map((h) => h.peerId), ["A", "B", "C", "D"]);
+    assert.deepEqual(
+      session.route.map((h) => h.peerId),
+      ["A", "B", "C", "D"],
+    );
 
     // Step 1 is the prompt, token i's step is i + 2: A's push of step 10 is lost on its way to B.
     const lost = 10;
@@ -321,14 +339,20 @@ test("after a chained hop is replaced, the client relays the rest of that step i
     const expected = await greedy(local.openSession(64), prompt, 10);
     const failovers: string[] = [];
     const session = await RouteSession.open(swarm, { numBlocks: 4, maxLength: 64, chained: true, onFailover: (e) => failovers.push(e.peerId) });
-    assert.deepEqual(session.route.map((h) => h.peerId), ["A", "B", "C", "D"]);
+    assert.deepEqual(
+      session.route.map((h) => h.peerId),
+      ["A", "B", "C", "D"],
+    );
     swarm.asked.length = 0;
     const tokens = await greedy(session, prompt, 10, (i) => {
       if (i === 5) swarm.dead.add("C"); // before step 7 (token i is appended in step i + 2)
     });
     assert.deepEqual(tokens, expected);
     assert.deepEqual(failovers, ["C"]);
-    assert.deepEqual(session.route.map((h) => h.peerId), ["A", "B", "E", "D"]);
+    assert.deepEqual(
+      session.route.map((h) => h.peerId),
+      ["A", "B", "E", "D"],
+    );
     assert.deepEqual(swarm.asked, [{ start: 2, end: 3 }], "the re-route looked up block 2's holders only");
     // C failed while the client waited for its push; E got the replay (no step id) and the step, and D the step from the client.
     assert.deepEqual(stepTrace(swarm, 7), { waits: ["B:pushed", "C:failed"], sent: ["A", "E", "D"] });
@@ -347,7 +371,22 @@ test("the push grace is a few times the measured push latency, within the floor 
   assert.equal(pushGrace(600, 1000, 4), 1000);
   assert.equal(pushGrace(Number.NaN, 1000), 1000);
 
-  const rec = (peerId: string, start: number, end: number): SpanRecord => ({ peerId, start, end, state: "online", throughput: 1, cacheTokensLeft: 1, nextPings: {} });
+  const rec = (peerId: string, start: number, end: number): SpanRecord => ({
+    peerId,
+    start,
+    end,
+    state: "online",
+    throughput: 1,
+    cacheTokensLeft: 1,
+    nextPings: {},
+  });
   const merged = mergeRecords([rec("A", 0, 2), rec("B", 2, 4), rec("C", 1, 4)], [rec("C", 2, 4), rec("D", 2, 3)], { start: 2, end: 4 });
-  assert.deepEqual(merged.map((r) => [r.peerId, r.start, r.end]), [["A", 0, 2], ["C", 2, 4], ["D", 2, 3]]);
+  assert.deepEqual(
+    merged.map((r) => [r.peerId, r.start, r.end]),
+    [
+      ["A", 0, 2],
+      ["C", 2, 4],
+      ["D", 2, 3],
+    ],
+  );
 });

@@ -90,7 +90,11 @@ async function step(s: SpanServer, session: ServerSession, stepId: number, rows:
 
 test("opens are typed: a span the server lacks is BAD_SPAN, no KV room is CACHE_FULL, and the reservation is freed on close", async () => {
   const { s } = await server();
-  assert.deepEqual(await s.open({ start: 1, end: 4, maxLength: 8, codec: "none" }, owner()), { ok: false, code: "BAD_SPAN", message: "this node serves blocks [2, 6), not [1, 4)" });
+  assert.deepEqual(await s.open({ start: 1, end: 4, maxLength: 8, codec: "none" }, owner()), {
+    ok: false,
+    code: "BAD_SPAN",
+    message: "this node serves blocks [2, 6), not [1, 4)",
+  });
   const big = await open(s, 2, 6, 24); // 96 of 100 token-blocks
   const refused = await s.open({ start: 2, end: 6, maxLength: 8, codec: "none" }, owner());
   assert.equal(refused.ok || refused.code, "CACHE_FULL");

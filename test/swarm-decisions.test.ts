@@ -52,11 +52,7 @@ describe("routing", () => {
   const rtt = (entries: Record<string, number>) => new Map(Object.entries(entries));
 
   test("min-latency routing covers the range with the cheapest chain of sub-spans", () => {
-    const records = [
-      span("near", 0, 4, { nextPings: { b: 0.002, far: 0.002 } }),
-      span("far", 0, 8),
-      span("b", 4, 8),
-    ];
+    const records = [span("near", 0, 4, { nextPings: { b: 0.002, far: 0.002 } }), span("far", 0, 8), span("b", 4, 8)];
     const route = minLatencyRoute(records, { start: 0, end: 8, needTokens: 64, clientRtt: rtt({ near: 0.002, b: 0.002, far: 0.4 }) });
     assert.deepEqual(route, [
       { peerId: "near", start: 0, end: 4 },
@@ -110,10 +106,18 @@ test("chaining pays when the client is far from nodes that are near each other, 
     { peerId: "c", start: 8, end: 12 },
   ];
   const near = [span("a", 0, 4, { nextPings: { b: 0.002 } }), span("b", 4, 8, { nextPings: { c: 0.002 } }), span("c", 8, 12)];
-  const farClient = new Map([["a", 0.08], ["b", 0.08], ["c", 0.08]]);
+  const farClient = new Map([
+    ["a", 0.08],
+    ["b", 0.08],
+    ["c", 0.08],
+  ]);
   // Each of the 2 pushed hops saves 40 + 40 ms of client legs and costs 1 ms between nodes.
   assert.ok(Math.abs(chainingGain(route, near, farClient) - 2 * (0.08 - 0.001)) < 1e-12);
-  const loopback = new Map([["a", 0.0002], ["b", 0.0002], ["c", 0.0002]]);
+  const loopback = new Map([
+    ["a", 0.0002],
+    ["b", 0.0002],
+    ["c", 0.0002],
+  ]);
   const sameRtt = [span("a", 0, 4, { nextPings: { b: 0.0002 } }), span("b", 4, 8, { nextPings: { c: 0.0002 } }), span("c", 8, 12)];
   assert.ok(chainingGain(route, sameRtt, loopback) < CHAIN_MIN_GAIN_S);
   assert.ok(chainingGain(route, [span("a", 0, 4), span("b", 4, 8), span("c", 8, 12)], loopback) < 0, "unknown node-to-node RTTs count as far");
@@ -121,22 +125,56 @@ test("chaining pays when the client is far from nodes that are near each other, 
 });
 
 test("the per-hop overhead decides between one slow span and two fast ones", () => {
-  const records = [span("slow", 0, 4, { throughput: 100, inferenceRps: 100 }), span("b", 0, 2, { throughput: 1000, inferenceRps: 1000, nextPings: { c: 0.001 } }), span("c", 2, 4, { throughput: 1000, inferenceRps: 1000 })];
-  const req = { start: 0, end: 4, needTokens: 16, clientRtt: new Map([["slow", 0.001], ["b", 0.001], ["c", 0.001]]) };
+  const records = [
+    span("slow", 0, 4, { throughput: 100, inferenceRps: 100 }),
+    span("b", 0, 2, { throughput: 1000, inferenceRps: 1000, nextPings: { c: 0.001 } }),
+    span("c", 2, 4, { throughput: 1000, inferenceRps: 1000 }),
+  ];
+  const req = {
+    start: 0,
+    end: 4,
+    needTokens: 16,
+    clientRtt: new Map([
+      ["slow", 0.001],
+      ["b", 0.001],
+      ["c", 0.001],
+    ]),
+  };
   // slow: 4 blocks × 10 ms + one hop; b then c: 4 × 1 ms + 0.5 ms between them + two hops.
-  assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.05 }).map((h) => h.peerId), ["slow"]);
-  assert.deepEqual(minLatencyRoute(records, { ...req, hopOverheadS: 0.0007 }).map((h) => h.peerId), ["b", "c"]);
+  assert.deepEqual(
+    minLatencyRoute(records, { ...req, hopOverheadS: 0.05 }).map((h) => h.peerId),
+    ["slow"],
+  );
+  assert.deepEqual(
+    minLatencyRoute(records, { ...req, hopOverheadS: 0.0007 }).map((h) => h.peerId),
+    ["b", "c"],
+  );
 });
 
 test("the dashboard shows each node's span and speeds, and flags the weakest and uncovered blocks", () => {
   const info = (peerId: string, start: number, end: number, inferenceRps: number) => ({
-    peerId, state: "online" as const, modelId: "m", checkpointHash: "h", numBlocks: 6, start, end,
-    inferenceRps, forwardRps: 10 * inferenceRps, cacheTokensLeft: 4096, nextPings: {}, linkMbps: 0, version: "v", expiresAt: 0,
+    peerId,
+    state: "online" as const,
+    modelId: "m",
+    checkpointHash: "h",
+    numBlocks: 6,
+    start,
+    end,
+    inferenceRps,
+    forwardRps: 10 * inferenceRps,
+    cacheTokensLeft: 4096,
+    nextPings: {},
+    linkMbps: 0,
+    version: "v",
+    expiresAt: 0,
   });
   const text = renderSwarm({
     modelId: "m",
     numBlocks: 6,
-    nodes: [{ info: { ...info("12D3KooWAAAAAAbbbbbb", 0, 3, 300), nextPings: { "12D3KooWCCCCCCdddddd": 0.002 }, linkMbps: 940 }, rtt: 0.004 }, { info: info("12D3KooWCCCCCCdddddd", 3, 5, 100) }],
+    nodes: [
+      { info: { ...info("12D3KooWAAAAAAbbbbbb", 0, 3, 300), nextPings: { "12D3KooWCCCCCCdddddd": 0.002 }, linkMbps: 940 }, rtt: 0.004 },
+      { info: info("12D3KooWCCCCCCdddddd", 3, 5, 100) },
+    ],
     barWidth: 30,
   });
   const lines = text.split("\n");

@@ -13,8 +13,8 @@ import { SwarmClient } from "../src/swarm/client.js";
 import { defaultModelId } from "../src/swarm/model-id.js";
 import { spawnNode } from "../src/swarm/node-process.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
+import { cliArgs } from "./support/cli.js";
 
-const bin = join(import.meta.dirname, "..", "bin", "tessera.js");
 const children: ChildProcess[] = [];
 after(() => {
   for (const c of children) c.kill("SIGKILL");
@@ -51,10 +51,13 @@ test("three node processes serve a model; killing one mid-generation changes no 
     const session = await client.openSession(64, { onFailover: (e) => failovers.push(e.peerId) });
     const victimPeer = session.route[1]!.peerId;
     const records = await client.provider.records();
-    const victim = nodes[["0:2", "2:4", "1:4"].findIndex((b) => {
-      const r = records.find((x) => x.peerId === victimPeer)!;
-      return b === `${r.start}:${r.end}`;
-    })]!;
+    const victim =
+      nodes[
+        ["0:2", "2:4", "1:4"].findIndex((b) => {
+          const r = records.find((x) => x.peerId === victimPeer)!;
+          return b === `${r.start}:${r.end}`;
+        })
+      ]!;
     let logits = await session.append(prompt);
     const tokens: number[] = [];
     for (let i = 0; i < 20; i++) {
@@ -68,20 +71,26 @@ test("three node processes serve a model; killing one mid-generation changes no 
 
     // The CLI's swarm mode generates what the local engine generates.
     const run = promisify(execFile);
-    const alive = nodes.filter((n) => n !== victim).map((n) => ["--swarm", n.addr]).flat();
+    const alive = nodes
+      .filter((n) => n !== victim)
+      .map((n) => ["--swarm", n.addr])
+      .flat();
     const args = ["generate", "--model", model, "--prompt", "In the beginning", "-t", "0", "-n", "10", "--json"];
-    const viaSwarm = JSON.parse((await run(process.execPath, [bin, ...args, ...alive])).stdout);
-    const dashboard = (await run(process.execPath, [bin, "swarm", "--model", model, "--bootstrap", first.addr])).stdout;
+    const viaSwarm = JSON.parse((await run(process.execPath, cliArgs(...args, ...alive))).stdout);
+    const dashboard = (await run(process.execPath, cliArgs("swarm", "--model", model, "--bootstrap", first.addr))).stdout;
     // Scoring through the swarm (windows routed for throughput) gives the local perplexity.
     const data = join(model, "..", "eval-text.txt");
     await writeFile(data, "In the beginning God created the heaven and the earth. ".repeat(12));
     const evalArgs = ["eval", "--model", model, "-d", data, "--window", "32", "--json"];
-    const evalSwarm = JSON.parse((await run(process.execPath, [bin, ...evalArgs, "--swarm", first.addr])).stdout);
-    const evalLocal = JSON.parse((await run(process.execPath, [bin, ...evalArgs])).stdout);
+    const evalSwarm = JSON.parse((await run(process.execPath, cliArgs(...evalArgs, "--swarm", first.addr))).stdout);
+    const evalLocal = JSON.parse((await run(process.execPath, cliArgs(...evalArgs))).stdout);
     assert.equal(evalSwarm.predicted, evalLocal.predicted);
-    assert.ok(Math.abs(evalSwarm.perplexity - evalLocal.perplexity) < 1e-3 * evalLocal.perplexity, `swarm ${evalSwarm.perplexity} vs local ${evalLocal.perplexity}`);
+    assert.ok(
+      Math.abs(evalSwarm.perplexity - evalLocal.perplexity) < 1e-3 * evalLocal.perplexity,
+      `swarm ${evalSwarm.perplexity} vs local ${evalLocal.perplexity}`,
+    );
     assert.match(dashboard, /2 nodes online, 4 blocks/, "the killed node is gone once its record is dropped or it is unreachable");
-    const onThisMachine = JSON.parse((await run(process.execPath, [bin, ...args])).stdout);
+    const onThisMachine = JSON.parse((await run(process.execPath, cliArgs(...args))).stdout);
     assert.deepEqual(viaSwarm.tokens, onThisMachine.tokens);
   } finally {
     await client.close();
@@ -100,11 +109,11 @@ test("a node started with --blocks auto takes the blocks the swarm lacks", async
 
 /** Runs `tessera node` with the given flags until it listens; returns what it printed. */
 function spawnAuto(model: string, flags: string[]): Promise<string> {
-  const proc = spawn(process.execPath, [bin, "node", "--model", model, ...flags], { env: process.env });
+  const proc = spawn(process.execPath, cliArgs("node", "--model", model, ...flags), { env: process.env });
   children.push(proc);
   return new Promise((resolve, reject) => {
     let out = "";
-    proc.stdout!.on("data", (d) => {
+    proc.stdout.on("data", (d) => {
       out += d;
       if (/listening/.test(out)) resolve(out);
     });

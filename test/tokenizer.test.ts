@@ -55,9 +55,7 @@ before(async () => {
     chat_template: CHAT_TEMPLATE,
   });
   const meta = new Map<string, unknown>(
-    ggufTokenizerMetadata(vocab, { bosId: vocab.tokens.indexOf("<s>"), eosId: vocab.tokens.indexOf("</s>"), addBos: true }).map(
-      ([k, v]) => [k, plainValue(v)],
-    ),
+    ggufTokenizerMetadata(vocab, { bosId: vocab.tokens.indexOf("<s>"), eosId: vocab.tokens.indexOf("</s>"), addBos: true }).map(([k, v]) => [k, plainValue(v)]),
   );
   meta.set("tokenizer.chat_template", CHAT_TEMPLATE);
   fromGguf = Tokenizer.fromGgufMetadata(meta);
@@ -175,7 +173,10 @@ describe("Tokenizer", () => {
     assert.equal(expandCaseInsensitiveGroups(String.raw`\p{L}+`), String.raw`\p{L}+`);
     assert.throws(() => expandCaseInsensitiveGroups("x(?i:[a-z]+)"), /\(\?i:\.\.\.\) group at offset 1 of "x\(\?i:\[a-z\]\+\)"/);
     // tokenizers.js reads the Oniguruma form in tokenizer.json the way the expansion reads.
-    for (const [hfForm, jsForm] of [[LLAMA3_HF_SPLIT_REGEX, LLAMA3_SPLIT_REGEX], [QWEN2_HF_SPLIT_REGEX, QWEN2_SPLIT_REGEX]] as const) {
+    for (const [hfForm, jsForm] of [
+      [LLAMA3_HF_SPLIT_REGEX, LLAMA3_SPLIT_REGEX],
+      [QWEN2_HF_SPLIT_REGEX, QWEN2_SPLIT_REGEX],
+    ] as const) {
       const hf = Tokenizer.fromTokenizerJson(tokenizerJsonFromBpe(vocab, { splitRegexes: [hfForm] }));
       const js = Tokenizer.fromTokenizerJson(tokenizerJsonFromBpe(vocab, { splitRegexes: [jsForm] }));
       for (const text of [...TEXTS, ALL_TEXT]) assert.deepEqual(hf.encode(text), js.encode(text), JSON.stringify(text));
@@ -212,7 +213,10 @@ describe("Tokenizer", () => {
       defined(fromJson.tokenId(defined(BYTE_TO_UNICODE[b], `byte ${b}'s character`)), `byte ${b}'s token`),
     );
     const stream = fromJson.streamDecoder();
-    assert.deepEqual(parrot.map((id) => stream.push(id)), ["", "", "", "🦜"]);
+    assert.deepEqual(
+      parrot.map((id) => stream.push(id)),
+      ["", "", "", "🦜"],
+    );
     const cut = fromJson.streamDecoder();
     cut.push(defined(parrot[0], "the emoji's first byte token"));
     assert.equal(cut.flush(), "\uFFFD");
@@ -237,7 +241,13 @@ describe("SentencePiece ('llama') GGUF vocabularies", () => {
     assert.ok(ids.map((id) => spm.tokenText(id)).includes("<0xF0>"), "emoji falls back to bytes");
     assert.match(defined(spm.tokenText(defined(ids[1], "the first token after BOS")), "its text"), /^▁H/);
     const stream = spm.streamDecoder();
-    assert.equal(ids.slice(1).map((id) => stream.push(id)).join("") + stream.flush(), "Hello world 🦜");
+    assert.equal(
+      ids
+        .slice(1)
+        .map((id) => stream.push(id))
+        .join("") + stream.flush(),
+      "Hello world 🦜",
+    );
     const withContext = spm.streamDecoder({ context: spm.encode("Say", { addSpecial: false }) });
     const first = defined(spm.encode("Hello", { addSpecial: false })[0], "the first token of 'Hello'");
     assert.equal(spm.decode([first]), "He");
@@ -330,9 +340,7 @@ describe("agreement with llama.cpp", () => {
     const byteLevelFiles: string[] = [];
     for (const pre of ["gpt-2", "llama-bpe", "qwen2"]) {
       const file = join(dir, `${pre}-vocab.gguf`);
-      const metadata = ggufTokenizerMetadata(vocab, { bosId, eosId }).map(
-        ([k, v]): [string, GgufTyped] => [k, k === "tokenizer.ggml.pre" ? gguf.str(pre) : v],
-      );
+      const metadata = ggufTokenizerMetadata(vocab, { bosId, eosId }).map(([k, v]): [string, GgufTyped] => [k, k === "tokenizer.ggml.pre" ? gguf.str(pre) : v]);
       await writeTinyLlamaGguf(file, vocab.tokens.length, metadata);
       byteLevelFiles.push(file);
     }

@@ -66,7 +66,11 @@ test("round trips: none is exact, f16/bf16 round, blockwise8 stays within 0.71% 
 });
 
 test("frame sizes follow the formula; blockwise8 is ≥ 3.9x smaller than f32 for a hidden state", () => {
-  for (const [n, shape] of [[4096, [1, 1, 4096]], [8 * 4096, [1, 8, 4096]], [100, [100]]] as const) {
+  for (const [n, shape] of [
+    [4096, [1, 1, 4096]],
+    [8 * 4096, [1, 8, 4096]],
+    [100, [100]],
+  ] as const) {
     const x = activations(n);
     for (const codec of ["none", "f16", "bf16", "blockwise8"] as const) {
       assert.equal(encodeTensor(x, shape, codec).byteLength, frameBytes(n, shape.length, codec), `${codec} ${n}`);
@@ -114,7 +118,11 @@ test("malformed frames fail with typed errors naming what was wrong", () => {
     [mutate((_, v) => v.setFloat32(32, -1, true)), "NON_FINITE_TENSOR"],
   ];
   for (const [frame, code] of cases) {
-    assert.throws(() => decodeTensor(frame), (e: unknown) => e instanceof ProtocolError && e.code === code, `expected ${code}`);
+    assert.throws(
+      () => decodeTensor(frame),
+      (e: unknown) => e instanceof ProtocolError && e.code === code,
+      `expected ${code}`,
+    );
   }
   assert.throws(() => decodeTensor(good, { maxElements: 4999 }), { code: "TOO_LARGE" });
 });

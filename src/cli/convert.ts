@@ -5,8 +5,6 @@ import { withProgress } from "./progress.js";
 
 export async function convertCommand(flags: { model: string; out: string; dtype: GgufExportType }): Promise<void> {
   const checkpoint = await openCheckpoint(flags.model);
-  await withProgress(`converting to GGUF ${flags.dtype}`, true, (onProgress) =>
-    convertToGguf(checkpoint, flags.out, flags.dtype, onProgress),
-  );
+  await withProgress(`converting to GGUF ${flags.dtype}`, true, (onProgress) => convertToGguf(checkpoint, flags.out, flags.dtype, onProgress));
   console.log(`wrote ${flags.out}`);
 }

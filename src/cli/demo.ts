@@ -27,7 +27,11 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
   const c = checkpoint.config;
   const L = c.numLayers;
   const half = Math.ceil(L / 2);
-  const spans: [number, number][] = [[0, half], [half, L], [Math.max(1, half - 2), L]];
+  const spans: [number, number][] = [
+    [0, half],
+    [half, L],
+    [Math.max(1, half - 2), L],
+  ];
 
   // Per-run key rotation: a fresh key, the shipped model encrypted under it into a temporary
   // folder (with the nodes' span cache, which is worthless once the key is gone), removed at exit.
@@ -67,11 +71,15 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
     }
     console.log(`\n${indent(renderSwarm({ modelId: `deployment ${modelId.slice(0, 12)}…`, numBlocks: L, nodes: client.provider.nodes, barWidth: 24 }))}\n`);
     const route = await client.openSession(512);
-    console.log(`route: ${formatRoute(route.route)}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`);
+    console.log(
+      `route: ${formatRoute(route.route)}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`,
+    );
     const cipher = VocabCipher.fromKey(key, tokenizer);
     const session = new EncryptedSession(route, cipher);
 
-    const prompt = tokenizer.encode(tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true }), { addSpecial: false });
+    const prompt = tokenizer.encode(tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true }), {
+      addSpecial: false,
+    });
     console.log(`prompt ids, plain:    ${idList(prompt)}`);
     console.log(`what node 1 receives: ${idList(cipher.encrypt(prompt))}`);
     console.log(`\nuser: ${flags.prompt}\nassistant: `);
@@ -98,7 +106,12 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
 }
 
 function idList(ids: readonly number[], show = 10): string {
-  return ids.slice(0, show).map((id) => String(id).padStart(5)).join(" ") + (ids.length > show ? "  …" : "");
+  return (
+    ids
+      .slice(0, show)
+      .map((id) => String(id).padStart(5))
+      .join(" ") + (ids.length > show ? "  …" : "")
+  );
 }
 
 function indent(text: string): string {

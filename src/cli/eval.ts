@@ -50,7 +50,9 @@ async function swarmSession(flags: EvalFlags) {
   // Config and tokenizer only: a folder of config.json and tokenizer files (no weights) will do.
   const info = await openModelInfo(flags.model);
   if (info.manifest) {
-    throw new EeKeyError(`${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids, and eval has no --key; score the plaintext model`);
+    throw new EeKeyError(
+      `${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids, and eval has no --key; score the plaintext model`,
+    );
   }
   const tokenizer = await info.tokenizer();
   const modelId = flags.modelId ?? info.modelId;

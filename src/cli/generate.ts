@@ -59,7 +59,13 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
   session.close();
   await done();
   if (flags.json) {
-    console.log(JSON.stringify({ text: result.text, tokens: result.tokens, promptTokens: result.promptTokens, finishReason: result.finishReason, timings: result.timings }, null, 2));
+    console.log(
+      JSON.stringify(
+        { text: result.text, tokens: result.tokens, promptTokens: result.promptTokens, finishReason: result.finishReason, timings: result.timings },
+        null,
+        2,
+      ),
+    );
   } else {
     process.stdout.write("\n");
     const t = result.timings;
@@ -72,10 +78,9 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
 
 function promptTokensFor(tokenizer: Tokenizer, flags: GenerateFlags): number[] {
   const text = flags.chat
-    ? tokenizer.applyChatTemplate(
-        [...(flags.system ? [{ role: "system", content: flags.system }] : []), { role: "user", content: flags.prompt }],
-        { addGenerationPrompt: true },
-      )
+    ? tokenizer.applyChatTemplate([...(flags.system ? [{ role: "system", content: flags.system }] : []), { role: "user", content: flags.prompt }], {
+        addGenerationPrompt: true,
+      })
     : flags.prompt;
   return tokenizer.encode(text, { addSpecial: !flags.chat });
 }
@@ -103,7 +108,9 @@ async function encryptedLocalSession(flags: GenerateFlags, keyFile: string) {
   const manifest = await readManifestFor(encrypted);
   if (!manifest) throw new EeKeyError(`${encrypted}: not an encrypted checkpoint (no ${manifestFileFor(encrypted)}; see tessera encrypt-model)`);
   if (manifest.deploymentId !== deploymentId(key)) {
-    throw new EeKeyError(`${keyFile} is not the key ${encrypted} was encrypted with (deployment ${short(deploymentId(key))}, the manifest says ${short(manifest.deploymentId)})`);
+    throw new EeKeyError(
+      `${keyFile} is not the key ${encrypted} was encrypted with (deployment ${short(deploymentId(key))}, the manifest says ${short(manifest.deploymentId)})`,
+    );
   }
   const pipeline = await loadPipeline(await openCheckpoint(encrypted), flags, { showProgress: !flags.json });
   const session: LogitsSession = new EncryptedSession(pipeline.openSession(), cipher);
@@ -123,10 +130,14 @@ async function swarmSession(flags: GenerateFlags) {
   const tokenizer = await info.tokenizer();
   const ee = flags.key ? await clientCipher(flags.key, flags.model, info.config.vocabSize, tokenizer) : undefined;
   if (info.manifest && !ee) {
-    throw new EeKeyError(`${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids; pass --key, the key it was encrypted with`);
+    throw new EeKeyError(
+      `${flags.model} is an encrypted deployment (${manifestFileFor(flags.model)}): its nodes take cipher ids; pass --key, the key it was encrypted with`,
+    );
   }
   if (info.manifest && ee && info.manifest.deploymentId !== deploymentId(ee.key)) {
-    throw new EeKeyError(`${flags.key} is not the key of the deployment ${manifestFileFor(flags.model)} describes (deployment ${short(deploymentId(ee.key))}, the manifest says ${short(info.manifest.deploymentId)})`);
+    throw new EeKeyError(
+      `${flags.key} is not the key of the deployment ${manifestFileFor(flags.model)} describes (deployment ${short(deploymentId(ee.key))}, the manifest says ${short(info.manifest.deploymentId)})`,
+    );
   }
   const modelId = flags.modelId ?? (ee ? deploymentId(ee.key) : info.modelId);
   const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec });
@@ -165,7 +176,9 @@ async function clientCipher(keyFile: string, model: string, vocabSize: number, t
     throw new EeKeyError(`${keyFile} is not a key for ${model}: it is for a vocabulary of ${key.vocabSize} rows, the model has ${vocabSize}`);
   }
   if (key.vocabHash !== vocabHash(tokenizer)) {
-    throw new EeKeyError(`${keyFile} is not a key for ${model}: it was made for another tokenizer (vocabHash ${short(key.vocabHash)}, this model's is ${short(vocabHash(tokenizer))})`);
+    throw new EeKeyError(
+      `${keyFile} is not a key for ${model}: it was made for another tokenizer (vocabHash ${short(key.vocabHash)}, this model's is ${short(vocabHash(tokenizer))})`,
+    );
   }
   return { key, cipher: VocabCipher.fromKey(key) };
 }

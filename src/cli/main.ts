@@ -18,14 +18,9 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-const program = new Command()
-  .name("tessera")
-  .description("Private, verifiable LLM inference on a swarm of heterogeneous machines")
-  .showHelpAfterError();
+const program = new Command().name("tessera").description("Private, verifiable LLM inference on a swarm of heterogeneous machines").showHelpAfterError();
 
-addEngineOptions(
-  program.command("generate").description("generate text with a model on this machine; tokens stream to stdout"),
-)
+addEngineOptions(program.command("generate").description("generate text with a model on this machine; tokens stream to stdout"))
   .requiredOption("-p, --prompt <text>", "prompt text (the user message with --chat)")
   .option("--chat", "wrap the prompt in the model's chat template")
   .option("--system <text>", "system message (with --chat)")
@@ -35,7 +30,11 @@ addEngineOptions(
   .option("--top-p <p>", "nucleus sampling mass", floatArg, 0.95)
   .option("--min-p <p>", "drop tokens below p × the top probability", floatArg, 0)
   .option("--repetition-penalty <r>", "penalty for recent tokens (1: none)", floatArg, 1.1)
-  .option("--logit-bias <id=bias>", "add bias to a token's logit before sampling; -inf bans it (repeatable; plaintext ids, applied here, never sent to nodes)", logitBiasArg)
+  .option(
+    "--logit-bias <id=bias>",
+    "add bias to a token's logit before sampling; -inf bans it (repeatable; plaintext ids, applied here, never sent to nodes)",
+    logitBiasArg,
+  )
   .option("--seed <n>", "random seed", intArg, 42)
   .option("--stop <text>", "stop string (repeatable)", collect, [])
   .option("--ignore-eos", "keep generating past the end-of-sequence token")
@@ -43,13 +42,23 @@ addEngineOptions(
   .option("--swarm <multiaddr>", "run through the swarm's nodes at these addresses (repeatable); the tokenizer stays local", collect, [])
   .addOption(new Option("--codec <codec>", "hidden-state codec on swarm hops").choices(["none", "f16", "blockwise8"]).default("none"))
   .addOption(
-    new Option("--chain <mode>", "with --swarm: nodes push hidden states to the next node (on), the client relays them (off), or on when the client is farther from the nodes than they are from each other (auto)")
+    new Option(
+      "--chain <mode>",
+      "with --swarm: nodes push hidden states to the next node (on), the client relays them (off), or on when the client is farther from the nodes than they are from each other (auto)",
+    )
       .choices(["auto", "on", "off"])
       .default("auto"),
   )
-  .addOption(new Option("--routing <mode>", "with --swarm: route for latency (interactive) or spread load for throughput").choices(["min-latency", "max-throughput"]).default("min-latency"))
+  .addOption(
+    new Option("--routing <mode>", "with --swarm: route for latency (interactive) or spread load for throughput")
+      .choices(["min-latency", "max-throughput"])
+      .default("min-latency"),
+  )
   .option("--model-id <id>", "with --swarm: the name the nodes announce the model under (default: the checkpoint's name, or the key's deployment id)")
-  .option("--key <file>", "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here")
+  .option(
+    "--key <file>",
+    "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here",
+  )
   .option("--encrypted-model <path>", "with --key and no --swarm: run this encrypted checkpoint on this machine")
   .action(generateCommand);
 
@@ -65,7 +74,10 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
   .addOption(
-    new Option("--log-level <level>", "what the node logs to stderr: failures (error), also announces, sessions and moves (info), also every step (trace); DEBUG=tessera:* works too")
+    new Option(
+      "--log-level <level>",
+      "what the node logs to stderr: failures (error), also announces, sessions and moves (info), also every step (trace); DEBUG=tessera:* works too",
+    )
       .choices(LOG_LEVELS)
       .default("error"),
   )
@@ -94,9 +106,7 @@ program
   .requiredOption("-o, --out <path>", "output folder (hf) or .gguf file (gguf)")
   .option("--preset <name>", "model shape: tiny-llama, tiny-llama3, tiny-qwen2, tiny-gpt2, bench-0.6b", "tiny-llama")
   .addOption(new Option("--format <format>", "checkpoint format").choices(["hf", "gguf"]).default("hf"))
-  .addOption(
-    new Option("--dtype <dtype>", "stored type (hf: F32 F16 BF16; gguf: F32 F16 Q8_0 Q4_0)").default("F32"),
-  )
+  .addOption(new Option("--dtype <dtype>", "stored type (hf: F32 F16 BF16; gguf: F32 F16 Q8_0 Q4_0)").default("F32"))
   .option("--seed <n>", "weight seed", intArg, 0)
   .option("--shard-mb <mb>", "hf: split into shards of at most this many MB", intArg)
   .action(makeTestModelCommand);

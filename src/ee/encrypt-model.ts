@@ -25,15 +25,7 @@ import {
   writeKeyFile,
 } from "./key.js";
 import { type EeManifest, manifestFileFor } from "./manifest.js";
-import {
-  applyToF32,
-  applyToStored,
-  moveQuantizedRows,
-  planTransforms,
-  type TensorTransform,
-  type TransformOptions,
-  transposeTransform,
-} from "./transform.js";
+import { applyToF32, applyToStored, moveQuantizedRows, planTransforms, type TensorTransform, type TransformOptions, transposeTransform } from "./transform.js";
 
 export { type EeManifest, MANIFEST_FILE_NAME } from "./manifest.js";
 
@@ -81,8 +73,7 @@ export async function encryptModel(opts: EncryptModelOptions): Promise<EncryptMo
   checkKeyFits(key, base, opts.keyFile ?? "key");
 
   const plan = planTransforms(c, deriveModelPermutations(key, c), opts.transform);
-  const requantized: string[] =
-    checkpoint.format === "hf" ? await writeHf(checkpoint, plan, opts) : await writeGgufOut(checkpoint, plan, opts);
+  const requantized: string[] = checkpoint.format === "hf" ? await writeHf(checkpoint, plan, opts) : await writeGgufOut(checkpoint, plan, opts);
 
   const encrypted = await openCheckpoint(opts.out);
   const manifest: EeManifest = {
@@ -181,9 +172,7 @@ async function writeGgufOut(checkpoint: Checkpoint, plan: Map<string, TensorTran
   }
   const arch = String(file.metadata.get("general.architecture"));
   // The tokenizer stays with the client; the vocabulary size the loader needs moves to <arch>.vocab_size.
-  const metadata: Array<[string, GgufTyped]> = [...file.metadata.keys()]
-    .filter((k) => !k.startsWith("tokenizer."))
-    .map((k) => [k, typedMetadata(file, k)]);
+  const metadata: Array<[string, GgufTyped]> = [...file.metadata.keys()].filter((k) => !k.startsWith("tokenizer.")).map((k) => [k, typedMetadata(file, k)]);
   if (!file.metadata.has(`${arch}.vocab_size`)) metadata.push([`${arch}.vocab_size`, gguf.u32(checkpoint.config.vocabSize)]);
 
   const requantized: string[] = [];

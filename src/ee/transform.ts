@@ -156,8 +156,7 @@ function qkDims(m: QkMap, d: number, layout: "half" | "interleaved" | "none", op
   for (let p = 0; p < half; p++) {
     const [a, b] = layout === "half" ? [p, p + half] : [2 * p, 2 * p + 1];
     const k = m.k[p]!;
-    const [srcA, signA, srcB, signB] =
-      k === 0 ? [a, 1, b, 1] : k === 1 ? [b, -1, a, 1] : k === 2 ? [a, -1, b, -1] : [b, 1, a, -1];
+    const [srcA, signA, srcB, signB] = k === 0 ? [a, 1, b, 1] : k === 1 ? [b, -1, a, 1] : k === 2 ? [a, -1, b, -1] : [b, 1, a, -1];
     cols[a] = srcA;
     cols[b] = srcB;
     signs[a] = opts.unsignedRotary ? 1 : signA;

@@ -33,12 +33,7 @@ export interface GenerationResult {
   };
 }
 
-export async function generate(
-  session: LogitsSession,
-  tokenizer: Tokenizer,
-  promptTokens: number[],
-  opts: GenerateOptions,
-): Promise<GenerationResult> {
+export async function generate(session: LogitsSession, tokenizer: Tokenizer, promptTokens: number[], opts: GenerateOptions): Promise<GenerationResult> {
   const now = opts.now ?? (() => performance.now());
   const rng = createRng(opts.seed);
   const eos = new Set(opts.stopAtEos === false ? [] : tokenizer.eosIds);

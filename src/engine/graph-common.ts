@@ -55,17 +55,7 @@ export function attention(ctx: BlockContext, layer: number, qkv: string, rotary?
   const { g, c } = ctx;
   const [out] = g.node(
     "GroupQueryAttention",
-    [
-      qkv,
-      "",
-      "",
-      IO.pastKey(layer),
-      IO.pastValue(layer),
-      IO.seqlensK,
-      IO.totalLength,
-      rotary?.cos ?? "",
-      rotary?.sin ?? "",
-    ],
+    [qkv, "", "", IO.pastKey(layer), IO.pastValue(layer), IO.seqlensK, IO.totalLength, rotary?.cos ?? "", rotary?.sin ?? ""],
     {
       num_heads: c.numHeads,
       kv_num_heads: c.numKvHeads,

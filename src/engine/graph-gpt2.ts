@@ -20,10 +20,7 @@ export async function gpt2Blocks(ctx: BlockContext, hidden: string): Promise<Blo
   for (let i = span.start; i < span.end; i++) {
     const b = `blk.${i}`;
     [normed, residual] = skipNorm(ctx, delta, residual, await norm(`${b}.attn_norm`), deltaBias);
-    const qkv = g.op("Add", [
-      await w.linear(normed, [`${b}.attn_qkv.weight`], `${b}.attn_qkv`),
-      await w.vector(`${b}.attn_qkv.bias`),
-    ]);
+    const qkv = g.op("Add", [await w.linear(normed, [`${b}.attn_qkv.weight`], `${b}.attn_qkv`), await w.vector(`${b}.attn_qkv.bias`)]);
     const attn = attention(ctx, i, qkv);
     const projected = await w.linear(attn, [`${b}.attn_output.weight`], `${b}.attn_output`);
     [normed, residual] = skipNorm(ctx, projected, residual, await norm(`${b}.ffn_norm`), await w.vector(`${b}.attn_output.bias`));

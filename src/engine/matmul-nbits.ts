@@ -50,7 +50,5 @@ export function toMatMulNBits(dtype: "Q8_0" | "Q4_0", bytes: Uint8Array, rows: n
 export function quantizeToMatMulNBits(x: Float32Array, rows: number, cols: number, bits: 4 | 8): MatMulNBitsWeight {
   if (x.length !== rows * cols) throw new RangeError(`expected ${rows}x${cols} = ${rows * cols} floats, got ${x.length}`);
   if (cols % QK !== 0) throw new RangeError(`K = ${cols} is not a multiple of ${QK}`);
-  return bits === 4
-    ? toMatMulNBits("Q4_0", quantizeQ4_0(x), rows, cols)
-    : toMatMulNBits("Q8_0", quantizeQ8_0(x), rows, cols);
+  return bits === 4 ? toMatMulNBits("Q4_0", quantizeQ4_0(x), rows, cols) : toMatMulNBits("Q8_0", quantizeQ8_0(x), rows, cols);
 }

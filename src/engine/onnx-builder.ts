@@ -109,9 +109,7 @@ export class GraphBuilder {
   ): string[] {
     const id = this.counter++;
     const base = opts.name ?? `${opType}_${id}`;
-    const outputs = Array.isArray(opts.outputs)
-      ? opts.outputs
-      : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${base}/out${i}`);
+    const outputs = Array.isArray(opts.outputs) ? opts.outputs : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${base}/out${i}`);
     this.nodes.push(
       onnx.NodeProto.create({
         opType,

@@ -7,7 +7,6 @@ import { forwardThrough, type LogitsSession, SessionError, type SpanSession } fr
 import { SpanRunner } from "./runtime.js";
 import type { SpanModelOptions } from "./span-model.js";
 
-
 export interface PipelineOptions extends Partial<SpanModelOptions> {
   /** Block indices where one span ends and the next begins, e.g. [4] → [0,4) and [4,L). */
   splits?: number[];

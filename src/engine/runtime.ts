@@ -7,7 +7,16 @@ import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { checkpointHash } from "../model/hash.js";
 import type { ModelConfig } from "../model/types.js";
-import { type ForwardInput, type ForwardOptions, type ForwardOutput, SessionError, type ServedModel, type SpanRuntime, type SpanSession, type SpanSpec } from "./interface.js";
+import {
+  type ForwardInput,
+  type ForwardOptions,
+  type ForwardOutput,
+  SessionError,
+  type ServedModel,
+  type SpanRuntime,
+  type SpanSession,
+  type SpanSpec,
+} from "./interface.js";
 import { IO } from "./graph-common.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
 
@@ -130,9 +139,7 @@ export class KvSession implements SpanSession {
     const count = span.embed ? (input.tokens?.length ?? 0) : (input.hidden?.length ?? 0) / c.hiddenSize;
     if (!Number.isInteger(count) || count <= 0) {
       throw new SessionError(
-        span.embed
-          ? "expected a non-empty list of token ids"
-          : `expected hidden states of [tokens × ${c.hiddenSize}] floats, got ${input.hidden?.length ?? 0}`,
+        span.embed ? "expected a non-empty list of token ids" : `expected hidden states of [tokens × ${c.hiddenSize}] floats, got ${input.hidden?.length ?? 0}`,
       );
     }
     const total = this._length + count;
@@ -180,9 +187,7 @@ export class KvSession implements SpanSession {
 
     const result = await runner.run(feeds, fetches);
     this._length = total;
-    return span.head
-      ? { logits: result[IO.logits]!.data as Float32Array }
-      : { hidden: result[IO.hiddenOut]!.data as Float32Array };
+    return span.head ? { logits: result[IO.logits]!.data as Float32Array } : { hidden: result[IO.hiddenOut]!.data as Float32Array };
   }
 
   close(): void {

@@ -70,12 +70,7 @@ export function logSoftmax(logits: ArrayLike<number>): Float32Array {
  * `window` entries of `previousTokens`: positive logits are divided by the penalty, negative
  * ones multiplied. Returns the input itself when there is nothing to penalize.
  */
-export function applyRepetitionPenalty(
-  logits: Float32Array,
-  previousTokens: readonly number[],
-  penalty: number,
-  window?: number,
-): Float32Array {
+export function applyRepetitionPenalty(logits: Float32Array, previousTokens: readonly number[], penalty: number, window?: number): Float32Array {
   if (penalty === 1 || previousTokens.length === 0) return logits;
   const start = window === undefined ? 0 : Math.max(0, previousTokens.length - window);
   if (start >= previousTokens.length) return logits;
@@ -105,12 +100,7 @@ export function applyLogitBias(logits: Float32Array, bias: ReadonlyMap<number, n
 /** Tokens more than this many nats (after temperature) below the best get weight 0. */
 const ZERO_WEIGHT_EXPONENT = 60;
 
-export function sampleToken(
-  logits: Float32Array,
-  params: SamplingParams,
-  previousTokens: readonly number[],
-  rng: () => number,
-): number {
+export function sampleToken(logits: Float32Array, params: SamplingParams, previousTokens: readonly number[], rng: () => number): number {
   const biased = applyLogitBias(logits, params.logitBias);
   const scores = applyRepetitionPenalty(biased, previousTokens, params.repetitionPenalty, params.repetitionWindow);
   const best = argmax(scores);
@@ -192,13 +182,7 @@ function nucleusLength(weights: Float64Array, target: number): number {
  * scale), whole buckets are taken from the top while they fit under the target mass, and only
  * the bucket that crosses it is sorted. Same result as cutting a best-first sorted list.
  */
-function nucleusOfAll(
-  scores: Float32Array,
-  weights: Float64Array,
-  maxScore: number,
-  invTemperature: number,
-  topP: number,
-): number[] {
+function nucleusOfAll(scores: Float32Array, weights: Float64Array, maxScore: number, invTemperature: number, topP: number): number[] {
   const BUCKETS = 1024;
   const scale = (invTemperature * BUCKETS) / ZERO_WEIGHT_EXPONENT;
   // Each id's bucket; BUCKETS (past the last) for ids of weight 0, which are never kept.

@@ -68,12 +68,7 @@ export class WeightLoader {
       }),
     );
     const blobSize = (BLOCK * bits) / 8;
-    const weight = this.g.initializer(
-      `${initializerName}.q`,
-      ElemType.UINT8,
-      [N, K / BLOCK, blobSize],
-      concat(parts.map((p) => p.weight)),
-    );
+    const weight = this.g.initializer(`${initializerName}.q`, ElemType.UINT8, [N, K / BLOCK, blobSize], concat(parts.map((p) => p.weight)));
     const scales = this.g.f32(`${initializerName}.scales`, [(N * K) / BLOCK], concat(parts.map((p) => p.scales)));
     return this.g.op(
       "MatMulNBits",

@@ -69,12 +69,7 @@ interface Word {
 }
 
 /** Classic BPE: repeatedly merge the most frequent adjacent pair (ties: smaller pair string). */
-function learnMerges(
-  text: string,
-  minFrequency: number,
-  wantMore: () => boolean,
-  addMerge: (a: string, b: string) => void,
-): void {
+function learnMerges(text: string, minFrequency: number, wantMore: () => boolean, addMerge: (a: string, b: string) => void): void {
   const wordCounts = new Map<string, number>();
   const encoder = new TextEncoder();
   for (const piece of text.match(new RegExp(GPT2_SPLIT_REGEX, "gu")) ?? []) {
@@ -210,12 +205,7 @@ class PairHeap {
  * Deterministic filler once the text has no pairs left: extends tokens that end in an ASCII
  * letter by one more letter, breadth-first, so the extra tokens still look like word pieces.
  */
-function addSyntheticMerges(
-  tokens: string[],
-  known: Set<string>,
-  targetTokens: number,
-  addMerge: (a: string, b: string) => void,
-): void {
+function addSyntheticMerges(tokens: string[], known: Set<string>, targetTokens: number, addMerge: (a: string, b: string) => void): void {
   const letters = "etaoinshrdlucmfwypvbgkjqxzETAOINSHRDLUCMFWYPVBGKJQXZ";
   const endsInLetter = (t: string) => /[A-Za-z]$/.test(t);
   // Indexed, not for-of: tokens added here are extended in turn (breadth-first).
@@ -234,10 +224,7 @@ function addSyntheticMerges(
  * By default GPT-2's ByteLevel pre-tokenizer; `splitRegexes` gives a Sequence of Split steps and
  * ByteLevel without its own regex, the layout of Llama 3 and Qwen2 tokenizers.
  */
-export function tokenizerJsonFromBpe(
-  v: BpeVocab,
-  opts: { splitRegexes?: readonly string[]; ignoreMerges?: boolean } = {},
-): Record<string, unknown> {
+export function tokenizerJsonFromBpe(v: BpeVocab, opts: { splitRegexes?: readonly string[]; ignoreMerges?: boolean } = {}): Record<string, unknown> {
   return byteLevelTokenizerJson({
     tokens: v.tokens,
     merges: v.merges.map(([a, b]) => `${a} ${b}`),
@@ -254,16 +241,19 @@ function tokenTypes(v: BpeVocab): number[] {
 }
 
 /** GGUF `tokenizer.ggml.*` metadata for the vocabulary, as llama.cpp's "gpt2" tokenizer reads it. */
-export function ggufTokenizerMetadata(
-  v: BpeVocab,
-  ids: { bosId: number; eosId: number; addBos?: boolean },
-): Array<[string, GgufTyped]> {
+export function ggufTokenizerMetadata(v: BpeVocab, ids: { bosId: number; eosId: number; addBos?: boolean }): Array<[string, GgufTyped]> {
   return [
     ["tokenizer.ggml.model", gguf.str("gpt2")],
     ["tokenizer.ggml.pre", gguf.str("gpt-2")],
     ["tokenizer.ggml.tokens", gguf.arr("str", v.tokens)],
     ["tokenizer.ggml.token_type", gguf.arr("i32", tokenTypes(v))],
-    ["tokenizer.ggml.merges", gguf.arr("str", v.merges.map(([a, b]) => `${a} ${b}`))],
+    [
+      "tokenizer.ggml.merges",
+      gguf.arr(
+        "str",
+        v.merges.map(([a, b]) => `${a} ${b}`),
+      ),
+    ],
     ["tokenizer.ggml.bos_token_id", gguf.u32(ids.bosId)],
     ["tokenizer.ggml.eos_token_id", gguf.u32(ids.eosId)],
     ["tokenizer.ggml.add_bos_token", gguf.bool(ids.addBos ?? false)],

@@ -149,12 +149,10 @@ function buildCheckpoint(
   };
 }
 
-
 /** Canonical (llama.cpp) name -> Hugging Face name, one table per family. */
 function hfNameTable(config: ModelConfig, storedNames: Set<string>): Map<string, Mapping> {
   const table = new Map<string, Mapping>();
-  const put = (canonical: string, stored: string, transposed = false) =>
-    table.set(canonical, { stored, transposed });
+  const put = (canonical: string, stored: string, transposed = false) => table.set(canonical, { stored, transposed });
 
   if (config.architecture === "llama") {
     put("token_embd.weight", "model.embed_tokens.weight");

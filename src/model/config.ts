@@ -69,10 +69,7 @@ export function configFromHf(json: Json, file: string): ModelConfig {
       file,
     );
   }
-  throw new CheckpointError(
-    `unknown architecture '${modelType}' (model_type); supported: llama, mistral, qwen2, gpt2`,
-    file,
-  );
+  throw new CheckpointError(`unknown architecture '${modelType}' (model_type); supported: llama, mistral, qwen2, gpt2`, file);
 }
 
 function ropeScalingFromHf(raw: unknown, file: string): RopeScaling | undefined {
@@ -101,10 +98,7 @@ export function configFromGguf(meta: Map<string, unknown>, file: string, tensorN
   const arch = String(meta.get("general.architecture") ?? "");
   const family = GGUF_ARCHS[arch];
   if (!family) {
-    throw new CheckpointError(
-      `unknown architecture '${arch}' (general.architecture); supported: ${Object.keys(GGUF_ARCHS).join(", ")}`,
-      file,
-    );
+    throw new CheckpointError(`unknown architecture '${arch}' (general.architecture); supported: ${Object.keys(GGUF_ARCHS).join(", ")}`, file);
   }
   const num = (key: string, fallback?: number): number => {
     const v = meta.get(`${arch}.${key}`) ?? fallback;
@@ -165,15 +159,7 @@ export function configFromGguf(meta: Map<string, unknown>, file: string, tensorN
 }
 
 function validate(c: ModelConfig, file: string): ModelConfig {
-  const positiveInts: (keyof ModelConfig)[] = [
-    "vocabSize",
-    "hiddenSize",
-    "numLayers",
-    "numHeads",
-    "numKvHeads",
-    "headDim",
-    "intermediateSize",
-  ];
+  const positiveInts: (keyof ModelConfig)[] = ["vocabSize", "hiddenSize", "numLayers", "numHeads", "numKvHeads", "headDim", "intermediateSize"];
   for (const key of positiveInts) {
     const v = c[key];
     if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
@@ -181,10 +167,7 @@ function validate(c: ModelConfig, file: string): ModelConfig {
     }
   }
   if (c.numHeads % c.numKvHeads !== 0) {
-    throw new CheckpointError(
-      `num_heads (${c.numHeads}) must be a multiple of num_kv_heads (${c.numKvHeads})`,
-      file,
-    );
+    throw new CheckpointError(`num_heads (${c.numHeads}) must be a multiple of num_kv_heads (${c.numKvHeads})`, file);
   }
   if (c.architecture === "llama" && c.headDim % 16 !== 0) {
     throw new CheckpointError(`head_dim must be a multiple of 16 for rotary attention, found ${c.headDim}`, file);
@@ -239,10 +222,7 @@ export function expectedShapes(c: ModelConfig): Map<string, number[]> {
 }
 
 /** Tensors a span [start, end) needs, with or without the embedding and the head. */
-export function spanTensorNames(
-  c: ModelConfig,
-  span: { start: number; end: number; embed: boolean; head: boolean },
-): string[] {
+export function spanTensorNames(c: ModelConfig, span: { start: number; end: number; embed: boolean; head: boolean }): string[] {
   const names: string[] = [];
   for (const name of expectedShapes(c).keys()) {
     const layer = /^blk\.(\d+)\./.exec(name);

@@ -9,15 +9,7 @@ import type { Checkpoint } from "./checkpoint.js";
 import { expectedShapes } from "./config.js";
 import { gguf, type GgufTyped } from "./gguf.js";
 import { exportGguf, ggufArchitectureOf, type GgufExportType } from "./gguf-export.js";
-import {
-  GPT2_SPLIT_REGEX,
-  LLAMA3_HF_SPLIT_REGEX,
-  LLAMA3_SPLIT_REGEX,
-  QWEN2_HF_SPLIT_REGEX,
-  QWEN2_SPLIT_REGEX,
-  tokenContent,
-  Tokenizer,
-} from "./tokenizer.js";
+import { GPT2_SPLIT_REGEX, LLAMA3_HF_SPLIT_REGEX, LLAMA3_SPLIT_REGEX, QWEN2_HF_SPLIT_REGEX, QWEN2_SPLIT_REGEX, tokenContent, Tokenizer } from "./tokenizer.js";
 import { CheckpointError, type ModelConfig } from "./types.js";
 
 export async function convertToGguf(
@@ -87,7 +79,10 @@ async function tokenizerMetadata(dir: string, config: ModelConfig): Promise<Arra
     throw new CheckpointError(`only byte-level BPE tokenizers convert to GGUF (model.type is ${describe(isObject(model) ? model.type : model)})`, file);
   }
   if (model.byte_fallback === true) {
-    throw new CheckpointError("model.byte_fallback is true: a SentencePiece-style BPE, not a byte-level one; only byte-level BPE tokenizers convert to GGUF", file);
+    throw new CheckpointError(
+      "model.byte_fallback is true: a SentencePiece-style BPE, not a byte-level one; only byte-level BPE tokenizers convert to GGUF",
+      file,
+    );
   }
   for (const key of ["continuing_subword_prefix", "end_of_word_suffix"]) {
     if (model[key]) throw new CheckpointError(`model.${key} is ${describe(model[key])}; llama.cpp's gpt2 vocabularies have none`, file);
@@ -156,10 +151,7 @@ function ggufPreTokenizer(json: Record<string, unknown>, file: string): string {
   const steps = isObject(pre) && pre.type === "Sequence" && Array.isArray(pre.pretokenizers) ? pre.pretokenizers : undefined;
   const [split, byteLevel] = steps ?? [];
   if (steps?.length !== 2 || !isObject(split) || split.type !== "Split" || !isObject(byteLevel) || byteLevel.type !== "ByteLevel") {
-    throw new CheckpointError(
-      `unsupported pre_tokenizer ${summary(pre)}: expected ByteLevel, or Sequence[Split, ByteLevel] (Llama 3, Qwen2)`,
-      file,
-    );
+    throw new CheckpointError(`unsupported pre_tokenizer ${summary(pre)}: expected ByteLevel, or Sequence[Split, ByteLevel] (Llama 3, Qwen2)`, file);
   }
   checkByteLevel(byteLevel, false, "pre_tokenizer.pretokenizers[1]", file);
   const regex = isObject(split.pattern) ? split.pattern.Regex : undefined;
@@ -203,12 +195,7 @@ function checkByteLevel(step: Record<string, unknown>, useRegex: boolean, where:
  * get_vocab_base lays them out: added tokens are CONTROL when special (or spelled like a
  * control token, `<|...|>`), USER_DEFINED otherwise; ids no token has become `[PAD<id>]` (UNUSED).
  */
-function vocabulary(
-  json: Record<string, unknown>,
-  model: Record<string, unknown>,
-  vocabSize: number,
-  file: string,
-): { tokens: string[]; types: number[] } {
+function vocabulary(json: Record<string, unknown>, model: Record<string, unknown>, vocabSize: number, file: string): { tokens: string[]; types: number[] } {
   const byId = new Map<number, { token: string; type: number }>();
   const place = (id: unknown, token: string, type: number, where: string) => {
     if (typeof id !== "number" || !Number.isInteger(id) || id < 0) {

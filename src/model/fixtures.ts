@@ -192,9 +192,7 @@ export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: H
     const hf = hfName(spec, name);
     const values = fixtureTensor(spec, name, shape);
     // Hugging Face GPT-2 stores Conv1D weights as [in, out].
-    const [stored, storedShape] = hf.transposed
-      ? [transpose(values, shape[0]!, shape[1]!), [shape[1]!, shape[0]!]]
-      : [values, shape];
+    const [stored, storedShape] = hf.transposed ? [transpose(values, shape[0]!, shape[1]!), [shape[1]!, shape[0]!]] : [values, shape];
     return { name: hf.name, dtype, shape: storedShape, bytes: quantize(stored, dtype) };
   });
   await writeSafetensorsSharded(dir, tensors, opts.maxShardBytes ?? Number.MAX_SAFE_INTEGER);
@@ -206,11 +204,7 @@ export async function writeHfTestModel(dir: string, spec: TestModelSpec, opts: H
   await writeFile(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizer.config, null, 2));
 }
 
-function hfTokenizerFiles(
-  spec: TestModelSpec,
-  vocab: BpeVocab,
-  opts: HfWriteOptions,
-): { json: Record<string, unknown>; config: Record<string, unknown> } {
+function hfTokenizerFiles(spec: TestModelSpec, vocab: BpeVocab, opts: HfWriteOptions): { json: Record<string, unknown>; config: Record<string, unknown> } {
   const common = { eos_token: "</s>", chat_template: CHAT_TEMPLATE, model_max_length: spec.maxPositionEmbeddings };
   const style = opts.tokenizer ?? "gpt2";
   if (style === "gpt2") {

@@ -7,14 +7,7 @@
 // `ne[0]` is the innermost (contiguous) dimension, so row-major shapes are `ne` reversed.
 
 import type { FileHandle } from "node:fs/promises";
-import {
-  openForReading,
-  readExactly,
-  readTensorBytes,
-  tensorByteLength,
-  writeFileAtomically,
-  writeFully,
-} from "./tensor-file.js";
+import { openForReading, readExactly, readTensorBytes, tensorByteLength, writeFileAtomically, writeFully } from "./tensor-file.js";
 import { CheckpointError, type DType, type RawTensor, type TensorInfo } from "./types.js";
 
 export type GgufValue = number | bigint | boolean | string | GgufValue[];
@@ -103,14 +96,36 @@ const SUPPORTED_DTYPES = Object.keys(GGML_TYPE_ID_OF).join(", ");
 // Metadata value types
 
 const VALUE_TYPE = {
-  u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, str: 8, arr: 9, u64: 10, i64: 11, f64: 12,
+  u8: 0,
+  i8: 1,
+  u16: 2,
+  i16: 3,
+  u32: 4,
+  i32: 5,
+  f32: 6,
+  bool: 7,
+  str: 8,
+  arr: 9,
+  u64: 10,
+  i64: 11,
+  f64: 12,
 } as const;
 
 export type GgufScalarType = Exclude<keyof typeof VALUE_TYPE, "arr">;
 
 interface ScalarValues {
-  u8: number; i8: number; u16: number; i16: number; u32: number; i32: number; f32: number; f64: number;
-  u64: bigint | number; i64: bigint | number; bool: boolean; str: string;
+  u8: number;
+  i8: number;
+  u16: number;
+  i16: number;
+  u32: number;
+  i32: number;
+  f32: number;
+  f64: number;
+  u64: bigint | number;
+  i64: bigint | number;
+  bool: boolean;
+  str: string;
 }
 
 /** A metadata value tagged with the GGUF type it is written as. */
@@ -132,13 +147,24 @@ export const gguf = {
   i64: (value: bigint | number): GgufTyped => ({ type: "i64", value }),
   bool: (value: boolean): GgufTyped => ({ type: "bool", value }),
   str: (value: string): GgufTyped => ({ type: "str", value }),
-  arr: <T extends GgufScalarType>(elementType: T, values: readonly ScalarValues[T][]): GgufTyped =>
-    ({ type: "arr", elementType, values }) as GgufTyped,
+  arr: <T extends GgufScalarType>(elementType: T, values: readonly ScalarValues[T][]): GgufTyped => ({ type: "arr", elementType, values }) as GgufTyped,
 };
 
 /** Smallest encoding of a value of each type, used to reject absurd counts before allocating. */
 const MIN_VALUE_BYTES: Record<number, number> = {
-  0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 9: 12, 10: 8, 11: 8, 12: 8,
+  0: 1,
+  1: 1,
+  2: 2,
+  3: 2,
+  4: 4,
+  5: 4,
+  6: 4,
+  7: 1,
+  8: 8,
+  9: 12,
+  10: 8,
+  11: 8,
+  12: 8,
 };
 
 const DEFAULT_ALIGNMENT = 32;
@@ -349,12 +375,7 @@ async function readPreamble(reader: ChunkedReader) {
   return { version, tensorCount, kvCount };
 }
 
-async function readValue(
-  reader: ChunkedReader,
-  type: number,
-  key: string,
-  onElementType?: (elementType: number) => void,
-): Promise<GgufValue> {
+async function readValue(reader: ChunkedReader, type: number, key: string, onElementType?: (elementType: number) => void): Promise<GgufValue> {
   if (type === VALUE_TYPE.str) return reader.string(`value of '${key}'`);
   if (type === VALUE_TYPE.arr) return readArray(reader, key, onElementType);
   const size = MIN_VALUE_BYTES[type];
@@ -365,18 +386,30 @@ async function readValue(
 
 function readScalar(reader: ChunkedReader, type: number): number | bigint | boolean {
   switch (type) {
-    case VALUE_TYPE.u8: return reader.u8();
-    case VALUE_TYPE.i8: return reader.i8();
-    case VALUE_TYPE.u16: return reader.u16();
-    case VALUE_TYPE.i16: return reader.i16();
-    case VALUE_TYPE.u32: return reader.u32();
-    case VALUE_TYPE.i32: return reader.i32();
-    case VALUE_TYPE.f32: return reader.f32();
-    case VALUE_TYPE.bool: return reader.u8() !== 0;
-    case VALUE_TYPE.u64: return reader.u64();
-    case VALUE_TYPE.i64: return reader.i64();
-    case VALUE_TYPE.f64: return reader.f64();
-    default: throw new Error(`unreachable: scalar type ${type}`);
+    case VALUE_TYPE.u8:
+      return reader.u8();
+    case VALUE_TYPE.i8:
+      return reader.i8();
+    case VALUE_TYPE.u16:
+      return reader.u16();
+    case VALUE_TYPE.i16:
+      return reader.i16();
+    case VALUE_TYPE.u32:
+      return reader.u32();
+    case VALUE_TYPE.i32:
+      return reader.i32();
+    case VALUE_TYPE.f32:
+      return reader.f32();
+    case VALUE_TYPE.bool:
+      return reader.u8() !== 0;
+    case VALUE_TYPE.u64:
+      return reader.u64();
+    case VALUE_TYPE.i64:
+      return reader.i64();
+    case VALUE_TYPE.f64:
+      return reader.f64();
+    default:
+      throw new Error(`unreachable: scalar type ${type}`);
   }
 }
 
@@ -388,10 +421,7 @@ async function readArray(reader: ChunkedReader, key: string, onElementType?: (el
   if (elementSize === undefined) {
     throw new CheckpointError(`array '${key}' has unknown element type ${elementType}`, reader.file);
   }
-  const length = reader.count(
-    `element count of array '${key}'`,
-    Math.min(MAX_ARRAY_ELEMENTS, Math.floor((reader.remaining - 8) / elementSize)),
-  );
+  const length = reader.count(`element count of array '${key}'`, Math.min(MAX_ARRAY_ELEMENTS, Math.floor((reader.remaining - 8) / elementSize)));
   const values = new Array<GgufValue>(length);
   if (elementType === VALUE_TYPE.str) {
     for (let i = 0; i < length; i++) values[i] = reader.bufferedString() ?? (await reader.string(`${key}[${i}]`));
@@ -431,12 +461,7 @@ async function readTensorInfo(reader: ChunkedReader, index: number): Promise<Raw
   return { name, ne, ggmlType, relativeOffset };
 }
 
-function placeTensor(
-  raw: RawTensorInfo,
-  dataOffset: number,
-  alignment: number,
-  reader: ChunkedReader,
-): TensorInfo | GgufUnsupportedTensor {
+function placeTensor(raw: RawTensorInfo, dataOffset: number, alignment: number, reader: ChunkedReader): TensorInfo | GgufUnsupportedTensor {
   const { file } = reader;
   const fail = (message: string) => new CheckpointError(message, file, raw.name);
   const shape = [...raw.ne].reverse();
@@ -456,9 +481,7 @@ function placeTensor(
   const byteLength = (elements / type.blockSize) * type.bytesPerBlock;
   if (!Number.isSafeInteger(byteLength)) throw fail(`shape [${shape}] is too large`);
   if (offset + byteLength > reader.fileSize) {
-    throw fail(
-      `${type.name} [${shape}] needs bytes [${offset}, ${offset + byteLength}), past the end of the file (${reader.fileSize} bytes)`,
-    );
+    throw fail(`${type.name} [${shape}] needs bytes [${offset}, ${offset + byteLength}), past the end of the file (${reader.fileSize} bytes)`);
   }
   if (!type.dtype) return { name: raw.name, ggmlType: raw.ggmlType, ggmlTypeName: type.name, shape, offset, byteLength, file };
   return { name: raw.name, dtype: type.dtype, shape, offset, byteLength, file };
@@ -572,11 +595,7 @@ export async function writeGguf(
     for (const { tensor, byteLength } of layout) {
       const bytes = typeof tensor.bytes === "function" ? await tensor.bytes() : tensor.bytes;
       if (bytes.length !== byteLength) {
-        throw new CheckpointError(
-          `${tensor.dtype} [${tensor.shape}] needs ${byteLength} bytes, got ${bytes.length}`,
-          file,
-          tensor.name,
-        );
+        throw new CheckpointError(`${tensor.dtype} [${tensor.shape}] needs ${byteLength} bytes, got ${bytes.length}`, file, tensor.name);
       }
       await writeFully(handle, bytes);
       await writeFully(handle, padding.subarray(0, alignUp(byteLength, alignment) - byteLength));
@@ -629,9 +648,14 @@ function writeTypedValue(out: ByteWriter, typed: GgufTyped, key: string, file: s
 }
 
 const INTEGER_RANGES: Partial<Record<GgufScalarType, readonly [bigint, bigint]>> = {
-  u8: [0n, 0xffn], i8: [-0x80n, 0x7fn], u16: [0n, 0xffffn], i16: [-0x8000n, 0x7fffn],
-  u32: [0n, 0xffffffffn], i32: [-0x80000000n, 0x7fffffffn],
-  u64: [0n, 2n ** 64n - 1n], i64: [-(2n ** 63n), 2n ** 63n - 1n],
+  u8: [0n, 0xffn],
+  i8: [-0x80n, 0x7fn],
+  u16: [0n, 0xffffn],
+  i16: [-0x8000n, 0x7fffn],
+  u32: [0n, 0xffffffffn],
+  i32: [-0x80000000n, 0x7fffffffn],
+  u64: [0n, 2n ** 64n - 1n],
+  i64: [-(2n ** 63n), 2n ** 63n - 1n],
 };
 
 function writeScalar(out: ByteWriter, type: GgufScalarType, value: unknown, key: string, file: string): void {
@@ -645,15 +669,27 @@ function writeScalar(out: ByteWriter, type: GgufScalarType, value: unknown, key:
     throw new CheckpointError(`metadata '${key}': ${String(value)} is not a valid ${type}`, file);
   }
   switch (type) {
-    case "u8": return out.u8(value as number);
-    case "i8": return out.u8((value as number) & 0xff);
-    case "u16": case "i16": return out.u16((value as number) & 0xffff);
-    case "u32": case "i32": return out.u32((value as number) >>> 0);
-    case "u64": case "i64": return out.u64(BigInt.asUintN(64, BigInt(value as bigint | number)));
-    case "f32": return out.f32(value as number);
-    case "f64": return out.f64(value as number);
-    case "bool": return out.u8(value ? 1 : 0);
-    case "str": return out.string(value as string);
+    case "u8":
+      return out.u8(value as number);
+    case "i8":
+      return out.u8((value as number) & 0xff);
+    case "u16":
+    case "i16":
+      return out.u16((value as number) & 0xffff);
+    case "u32":
+    case "i32":
+      return out.u32((value as number) >>> 0);
+    case "u64":
+    case "i64":
+      return out.u64(BigInt.asUintN(64, BigInt(value as bigint | number)));
+    case "f32":
+      return out.f32(value as number);
+    case "f64":
+      return out.f64(value as number);
+    case "bool":
+      return out.u8(value ? 1 : 0);
+    case "str":
+      return out.string(value as string);
   }
 }
 

@@ -19,8 +19,7 @@ export function inverseFrequencies(c: ModelConfig, rotaryDim = c.headDim): Float
       if (wavelen > lowWavelen) {
         inv[i] = freq / s.factor;
       } else {
-        const smooth =
-          (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
         inv[i] = (1 - smooth) * (freq / s.factor) + smooth * freq;
       }
     }

@@ -6,14 +6,7 @@
 
 import { mkdir, readFile, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
-import {
-  DTYPE_LAYOUT,
-  elementCount,
-  openForReading,
-  readExactly,
-  writeFileAtomically,
-  writeFully,
-} from "./tensor-file.js";
+import { DTYPE_LAYOUT, elementCount, openForReading, readExactly, writeFileAtomically, writeFully } from "./tensor-file.js";
 import { CheckpointError, type DType, type TensorInfo } from "./types.js";
 
 export const SINGLE_FILE_NAME = "model.safetensors";
@@ -116,8 +109,7 @@ function parseTensorEntry(name: string, entry: unknown, file: string, dataStart:
   }
   if (end - begin !== expected) {
     throw fail(
-      `shape [${shape}] of ${dtype} (${elementSize} bytes each) needs ${expected} bytes, ` +
-        `but data_offsets [${begin}, ${end}] span ${end - begin}`,
+      `shape [${shape}] of ${dtype} (${elementSize} bytes each) needs ${expected} bytes, ` + `but data_offsets [${begin}, ${end}] span ${end - begin}`,
     );
   }
   if (dataStart + end > fileSize) {
@@ -170,9 +162,7 @@ async function readShardedDir(dir: string, indexFile: string): Promise<Map<strin
       throw new CheckpointError(`shard file ${shard} listed in the index is missing`, join(dir, shard), names[0]);
     }
   }
-  const shards = await Promise.all(
-    [...namesByShard.keys()].map(async (shard) => [shard, await readSafetensorsHeader(join(dir, shard))] as const),
-  );
+  const shards = await Promise.all([...namesByShard.keys()].map(async (shard) => [shard, await readSafetensorsHeader(join(dir, shard))] as const));
   const shardTensors = new Map(shards);
   for (const [shard, tensors] of shardTensors) {
     for (const name of tensors.keys()) {
@@ -219,11 +209,7 @@ function parseIndex(text: string, indexFile: string): Map<string, string> {
  * descending dtype alignment then name, compact JSON header with `__metadata__` first, padded
  * with spaces to a multiple of 8.
  */
-export async function writeSafetensors(
-  file: string,
-  tensors: readonly SafetensorsInput[],
-  metadata?: Record<string, string>,
-): Promise<void> {
+export async function writeSafetensors(file: string, tensors: readonly SafetensorsInput[], metadata?: Record<string, string>): Promise<void> {
   const ordered = tensors.map((t) => checkInput(t, file)).sort(compareForLayout);
   checkUniqueNames(ordered, file);
   const header = encodeHeader(ordered, metadata);
@@ -255,8 +241,7 @@ export async function writeSafetensorsSharded(
     return [file];
   }
   const width = 5;
-  const shardName = (i: number) =>
-    `model-${String(i + 1).padStart(width, "0")}-of-${String(shards.length).padStart(width, "0")}.safetensors`;
+  const shardName = (i: number) => `model-${String(i + 1).padStart(width, "0")}-of-${String(shards.length).padStart(width, "0")}.safetensors`;
   const files: string[] = [];
   const weightMap: Record<string, string> = Object.create(null);
   for (const [i, shard] of shards.entries()) {

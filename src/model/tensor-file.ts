@@ -53,24 +53,14 @@ export function tensorByteLength(dtype: DType, shape: readonly number[]): number
 }
 
 /** Reads exactly `length` bytes at `position`; a short read (truncated file) is a CheckpointError. */
-export async function readExactly(
-  handle: FileHandle,
-  position: number,
-  length: number,
-  file: string,
-  tensor?: string,
-): Promise<Uint8Array> {
+export async function readExactly(handle: FileHandle, position: number, length: number, file: string, tensor?: string): Promise<Uint8Array> {
   const out = new Uint8Array(length);
   let done = 0;
   while (done < length) {
     // A single read(2) returns at most ~2 GiB on Linux, so large tensors take several calls.
     const { bytesRead } = await handle.read(out, done, length - done, position + done);
     if (bytesRead === 0) {
-      throw new CheckpointError(
-        `truncated file: expected ${length} bytes at offset ${position}, only ${done} available`,
-        file,
-        tensor,
-      );
+      throw new CheckpointError(`truncated file: expected ${length} bytes at offset ${position}, only ${done} available`, file, tensor);
     }
     done += bytesRead;
   }

@@ -28,16 +28,7 @@ export const BYTE_TO_UNICODE: readonly string[] = (() => {
 })();
 
 /** End-of-turn tokens of common chat formats; they count as EOS when the chat template uses them. */
-const END_OF_TURN_TOKENS = [
-  "<|im_end|>",
-  "<|eot_id|>",
-  "<|eom_id|>",
-  "<|end|>",
-  "<end_of_turn>",
-  "<|endoftext|>",
-  "<|end_of_text|>",
-  "<EOT>",
-];
+const END_OF_TURN_TOKENS = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>"];
 
 /** GGUF token types (llama.cpp's llama_token_type). */
 const TokenType = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
@@ -55,11 +46,7 @@ interface TokenizerSettings {
 }
 
 /** The tokenizer of an opened checkpoint: its folder's tokenizer.json, or its GGUF metadata. */
-export async function loadTokenizer(checkpoint: {
-  format: "hf" | "gguf";
-  path: string;
-  metadata: Map<string, unknown>;
-}): Promise<Tokenizer> {
+export async function loadTokenizer(checkpoint: { format: "hf" | "gguf"; path: string; metadata: Map<string, unknown> }): Promise<Tokenizer> {
   if (checkpoint.format === "hf") return Tokenizer.fromHfDir(checkpoint.path);
   try {
     return Tokenizer.fromGgufMetadata(checkpoint.metadata);
@@ -111,14 +98,8 @@ export class Tokenizer {
     const postTemplate = templateProcessingSpecials(json);
     const bosToken = tokenContent(config.bos_token) ?? postTemplate.first;
     const eosToken = tokenContent(config.eos_token);
-    const addBos =
-      typeof config.add_bos_token === "boolean"
-        ? config.add_bos_token
-        : postTemplate.first !== undefined && postTemplate.first === bosToken;
-    const addEos =
-      typeof config.add_eos_token === "boolean"
-        ? config.add_eos_token
-        : postTemplate.last !== undefined && postTemplate.last === eosToken;
+    const addBos = typeof config.add_bos_token === "boolean" ? config.add_bos_token : postTemplate.first !== undefined && postTemplate.first === bosToken;
+    const addEos = typeof config.add_eos_token === "boolean" ? config.add_eos_token : postTemplate.last !== undefined && postTemplate.last === eosToken;
     const hf = new HfTokenizer(json, { ...config, clean_up_tokenization_spaces: false });
     return new Tokenizer(
       hf,
@@ -163,9 +144,7 @@ export class Tokenizer {
     }
     const generation = await readJson("generation_config.json", false);
     const generationEos = generation?.eos_token_id;
-    const extraEos = (Array.isArray(generationEos) ? generationEos : [generationEos]).filter(
-      (x): x is number => typeof x === "number",
-    );
+    const extraEos = (Array.isArray(generationEos) ? generationEos : [generationEos]).filter((x): x is number => typeof x === "number");
     try {
       return Tokenizer.fromTokenizerJson(json, config, extraEos);
     } catch (e) {
@@ -191,9 +170,7 @@ export class Tokenizer {
       if (!merges) throw new CheckpointError("missing tokenizer.ggml.merges for a gpt2 tokenizer");
       const split = GGUF_PRE_TOKENIZERS[pre ?? "default"];
       if (!split) {
-        throw new CheckpointError(
-          `unsupported pre-tokenizer '${pre}' (tokenizer.ggml.pre); supported: ${Object.keys(GGUF_PRE_TOKENIZERS).join(", ")}`,
-        );
+        throw new CheckpointError(`unsupported pre-tokenizer '${pre}' (tokenizer.ggml.pre); supported: ${Object.keys(GGUF_PRE_TOKENIZERS).join(", ")}`);
       }
       json = byteLevelTokenizerJson({ tokens, merges, tokenTypes: types, splitRegexes: split.regexes, ignoreMerges: split.ignoreMerges });
       defaultAddBos = split.addBos ?? false;
@@ -390,7 +367,7 @@ const GGUF_PRE_TOKENIZERS: Record<string, PreTokenizerSpec> = (() => {
     llama3,
     "llama-v3": llama3,
     "llama-bpe": llama3,
-    "falcon3": llama3,
+    falcon3: llama3,
     pixtral: llama3,
     "smaug-bpe": { regexes: [LLAMA3_SPLIT_REGEX] },
     dbrx: { regexes: [LLAMA3_SPLIT_REGEX] },
@@ -466,8 +443,7 @@ export function sentencePieceTokenizerJson(v: {
   v.tokens.forEach((t, id) => {
     if (!ids.has(t)) ids.set(t, id);
   });
-  const isPiece = (id: number | undefined) =>
-    id !== undefined && (v.tokenTypes[id] ?? TokenType.NORMAL) === TokenType.NORMAL;
+  const isPiece = (id: number | undefined) => id !== undefined && (v.tokenTypes[id] ?? TokenType.NORMAL) === TokenType.NORMAL;
   const merges: { left: string; right: string; score: number }[] = [];
   v.tokens.forEach((token, id) => {
     if (!isPiece(id)) return;
@@ -491,9 +467,7 @@ export function sentencePieceTokenizerJson(v: {
     truncation: null,
     padding: null,
     added_tokens: addedTokens(v.tokens, v.tokenTypes),
-    normalizer: v.addSpacePrefix
-      ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, replace(" ", "▁")] }
-      : replace(" ", "▁"),
+    normalizer: v.addSpacePrefix ? { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, replace(" ", "▁")] } : replace(" ", "▁"),
     pre_tokenizer: null,
     post_processor: null,
     decoder: {
@@ -592,7 +566,8 @@ function vocabSizeOf(json: object): number {
   const j = json as { model?: { vocab?: Record<string, number> | [string, number][] }; added_tokens?: { id: number }[] };
   let size = 0;
   const vocab = j.model?.vocab;
-  if (Array.isArray(vocab)) size = vocab.length; // Unigram: [piece, score][]
+  if (Array.isArray(vocab))
+    size = vocab.length; // Unigram: [piece, score][]
   else if (vocab) for (const id of Object.values(vocab)) size = Math.max(size, id + 1);
   for (const t of j.added_tokens ?? []) size = Math.max(size, t.id + 1);
   return size;

@@ -68,10 +68,6 @@ export class CheckpointError extends Error {
     readonly file?: string,
     readonly tensor?: string,
   ) {
-    super(
-      [file ? `${file}` : undefined, tensor ? `tensor '${tensor}'` : undefined, message]
-        .filter(Boolean)
-        .join(": "),
-    );
+    super([file ? `${file}` : undefined, tensor ? `tensor '${tensor}'` : undefined, message].filter(Boolean).join(": "));
   }
 }

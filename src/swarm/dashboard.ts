@@ -35,12 +35,20 @@ export function renderSwarm({ modelId, numBlocks, nodes, barWidth = 40 }: Dashbo
       String(info.cacheTokensLeft),
       fixed(rtt === undefined ? undefined : rtt * 1000, 2),
       info.linkMbps > 0 ? fixed(info.linkMbps, 0) : "–",
-      Object.entries(info.nextPings).map(([p, s]) => `${short(p)} ${fixed(s * 1000, 2)}`).join(", ") || "–",
+      Object.entries(info.nextPings)
+        .map(([p, s]) => `${short(p)} ${fixed(s * 1000, 2)}`)
+        .join(", ") || "–",
       info.version,
     ]),
   ];
   const widths = table[0]!.map((_, c) => Math.max(...table.map((r) => r[c]!.length)));
-  for (const r of table) lines.push(r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd());
+  for (const r of table)
+    lines.push(
+      r
+        .map((cell, c) => cell.padEnd(widths[c]!))
+        .join("  ")
+        .trimEnd(),
+    );
 
   const perBlock = Array.from({ length: numBlocks }, (_, b) => {
     const serving = rows.filter(({ info }) => info.start <= b && b < info.end);
@@ -53,7 +61,9 @@ export function renderSwarm({ modelId, numBlocks, nodes, barWidth = 40 }: Dashbo
   for (const [b, { servers, rps }] of perBlock.entries()) {
     const bar = servers === 0 ? "" : "█".repeat(Math.max(1, Math.round((rps / top) * barWidth)));
     const note = servers === 0 ? "NO SERVER: sessions cannot be routed" : rps === weakest ? "← weakest" : "";
-    lines.push(`block ${String(b).padStart(String(numBlocks - 1).length)} ${bar.padEnd(barWidth)} ${fixed(rps, 0).padStart(7)} tok/s  ${servers} server${servers === 1 ? "" : "s"}  ${note}`.trimEnd());
+    lines.push(
+      `block ${String(b).padStart(String(numBlocks - 1).length)} ${bar.padEnd(barWidth)} ${fixed(rps, 0).padStart(7)} tok/s  ${servers} server${servers === 1 ? "" : "s"}  ${note}`.trimEnd(),
+    );
   }
   return lines.join("\n");
 }

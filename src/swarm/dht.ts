@@ -40,7 +40,14 @@ export async function blockKey(modelId: string, block: number): Promise<CID> {
 }
 
 /** Stores the signed record (the envelope bytes) and provides every block; resolves when the DHT queries end. */
-export async function announce(dht: KadDHT, signed: SignedRecord, peerId: string, modelId: string, blocks: readonly number[], signal?: AbortSignal): Promise<void> {
+export async function announce(
+  dht: KadDHT,
+  signed: SignedRecord,
+  peerId: string,
+  modelId: string,
+  blocks: readonly number[],
+  signal?: AbortSignal,
+): Promise<void> {
   await drain(dht.put(recordKey(peerId), signed, { signal }));
   await Promise.all(blocks.map(async (b) => drain(dht.provide(await blockKey(modelId, b), { signal }))));
 }

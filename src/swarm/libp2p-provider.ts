@@ -252,7 +252,9 @@ class RemoteSpanStream implements RemoteSpan {
     if (!input.tokens && !input.hidden) throw new RangeError("a step needs token ids or hidden states");
     const count = input.tokens ? input.tokens.length : (input.hidden?.length ?? 0) / this.opts.hiddenSize;
     const hidden = input.hidden && { data: input.hidden, shape: [1, count, this.opts.hiddenSize], codec: this.opts.codec ?? "none" };
-    await this.lp.write(encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }));
+    await this.lp.write(
+      encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }),
+    );
     return this.result(await this.receive(), stepId, count, Boolean(opts.allLogits));
   }
 

@@ -2,7 +2,10 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const BIN = fileURLToPath(new URL("../../bin/tessera.js", import.meta.url));
+/** The CLI as this module runs: from the sources (through tsx) in a checkout, from dist/ when installed. */
+const CLI = import.meta.url.endsWith(".ts")
+  ? ["--import", import.meta.resolve("tsx"), fileURLToPath(new URL("../cli/main.ts", import.meta.url))]
+  : [fileURLToPath(new URL("../cli/main.js", import.meta.url))];
 
 export interface NodeProcess {
   proc: ChildProcess;
@@ -14,19 +17,19 @@ export interface NodeProcess {
 
 /** Starts a node serving [start, end) of `model`; resolves once it listens. */
 export function spawnNode(model: string, start: number, end: number, extraArgs: string[] = []): Promise<NodeProcess> {
-  const proc = spawn(process.execPath, [BIN, "node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs], {
+  const proc = spawn(process.execPath, [...CLI, "node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs], {
     stdio: ["ignore", "pipe", "pipe"],
     env: process.env,
   });
   return new Promise((resolve, reject) => {
     let out = "";
     let err = "";
-    proc.stdout!.on("data", (d) => {
+    proc.stdout.on("data", (d) => {
       out += d;
       const m = /listening (\S+)/.exec(out);
       if (m?.[1]) resolve({ proc, addr: m[1], stderr: () => err });
     });
-    proc.stderr!.on("data", (d) => (err += d));
+    proc.stderr.on("data", (d) => (err += d));
     proc.on("exit", (code) => reject(new Error(`node [${start}, ${end}) exited with code ${code}: ${err.trim()}`)));
   });
 }

@@ -187,7 +187,12 @@ export class SpanNode {
    */
   async rebalanceOnce(random: () => number): Promise<number | undefined> {
     const c = this.opts.model.config;
-    const provider = new Libp2pSpanProvider(this.libp2p, { modelId: this.opts.modelId, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers });
+    const provider = new Libp2pSpanProvider(this.libp2p, {
+      modelId: this.opts.modelId,
+      hiddenSize: c.hiddenSize,
+      vocabSize: c.vocabSize,
+      numBlocks: c.numLayers,
+    });
     const me = this.info();
     const target = rebalance([...(await provider.records()), toSpanRecord(me, c.hiddenSize)], me.peerId, c.numLayers, random);
     if (target === undefined) return undefined;

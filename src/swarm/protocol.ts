@@ -261,6 +261,7 @@ function peerIdText(v: unknown, name: string): string {
 }
 
 function nonNegativeInt(v: unknown, name: string): number {
-  if (!(typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 31)) throw new ProtocolError("BAD_SHAPE", `${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  if (!(typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 31))
+    throw new ProtocolError("BAD_SHAPE", `${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
   return v;
 }

@@ -44,8 +44,7 @@ function checkCoverage(spans: readonly SpanRecord[], start: number, end: number)
 export function minLatencyRoute(records: readonly SpanRecord[], req: RouteRequest): Hop[] {
   const spans = usable(records, req);
   checkCoverage(spans, req.start, req.end);
-  const alloc = (s: SpanRecord) =>
-    req.needTokens * 2 * (s.end - s.start) <= s.cacheTokensLeft ? 0 : ALLOC_PENALTY_S;
+  const alloc = (s: SpanRecord) => (req.needTokens * 2 * (s.end - s.start) <= s.cacheTokensLeft ? 0 : ALLOC_PENALTY_S);
   const penalty = (s: SpanRecord) => req.hopPenalty?.(s.peerId) ?? 0;
   const hop = req.hopOverheadS ?? HOP_OVERHEAD_S;
 
@@ -140,7 +139,7 @@ export function maxThroughputRoute(records: readonly SpanRecord[], req: Omit<Rou
   const spans = usable(records, req as RouteRequest);
   checkCoverage(spans, req.start, req.end);
   const hops: Hop[] = [];
-  for (let i = req.start; i < req.end; ) {
+  for (let i = req.start; i < req.end;) {
     const candidates = spans.filter((s) => s.start <= i && i < s.end);
     const weights = candidates.map((s) => s.end - s.start);
     let pick = random() * weights.reduce((a, b) => a + b, 0);
@@ -168,7 +167,7 @@ class MinQueue {
   push(priority: number, value: number): void {
     const a = this.items;
     a.push([priority, value]);
-    for (let i = a.length - 1; i > 0; ) {
+    for (let i = a.length - 1; i > 0;) {
       const p = (i - 1) >> 1;
       if (a[p]![0] <= a[i]![0]) break;
       [a[p], a[i]] = [a[i]!, a[p]!];
@@ -181,7 +180,7 @@ class MinQueue {
     const last = a.pop()!;
     if (a.length) {
       a[0] = last;
-      for (let i = 0; ; ) {
+      for (let i = 0; ;) {
         const l = 2 * i + 1;
         const r = l + 1;
         let m = i;

@@ -194,7 +194,8 @@ export class SpanServer {
     if (!(start >= this._start && end <= this._end && start < end)) {
       return refuse("BAD_SPAN", `this node serves blocks [${this._start}, ${this._end}), not [${start}, ${end})`);
     }
-    if (!(maxLength >= 1 && maxLength <= this.opts.maxSessionLength)) return refuse("BAD_SPAN", `maxLength ${maxLength} outside 1..${this.opts.maxSessionLength}`);
+    if (!(maxLength >= 1 && maxLength <= this.opts.maxSessionLength))
+      return refuse("BAD_SPAN", `maxLength ${maxLength} outside 1..${this.opts.maxSessionLength}`);
     if (request.sessionId && this.byId.has(request.sessionId)) return refuse("BAD_SPAN", "that sessionId is taken");
     const reserved = maxLength * (end - start);
     if (this.reservedTokens + reserved > this.opts.cacheTokens) {
@@ -407,7 +408,13 @@ export class SpanServer {
     } finally {
       session.close();
     }
-    log("measured [%d, %d): %d tok/s decode, %d tok/s prefill per block", start, end, Math.round(this.measured.inferenceRps), Math.round(this.measured.forwardRps));
+    log(
+      "measured [%d, %d): %d tok/s decode, %d tok/s prefill per block",
+      start,
+      end,
+      Math.round(this.measured.inferenceRps),
+      Math.round(this.measured.forwardRps),
+    );
   }
 
   private recordSpeed(count: number, blocks: number, ms: number): void {

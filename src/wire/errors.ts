@@ -10,12 +10,4 @@ export class ProtocolError extends Error {
 }
 
 export type ProtocolErrorCode =
-  | "BAD_MAGIC"
-  | "BAD_VERSION"
-  | "BAD_DTYPE"
-  | "BAD_CODEC"
-  | "BAD_SHAPE"
-  | "BAD_LENGTH"
-  | "BAD_CODEBOOK"
-  | "TOO_LARGE"
-  | "NON_FINITE_TENSOR";
+  "BAD_MAGIC" | "BAD_VERSION" | "BAD_DTYPE" | "BAD_CODEC" | "BAD_SHAPE" | "BAD_LENGTH" | "BAD_CODEBOOK" | "TOO_LARGE" | "NON_FINITE_TENSOR";

@@ -39,12 +39,7 @@ export interface DecodedTensor {
   codec: Codec;
 }
 
-export function encodeTensor(
-  data: Float32Array,
-  shape: readonly number[],
-  codec: Codec,
-  opts: { explicitCodebook?: boolean } = {},
-): Uint8Array {
+export function encodeTensor(data: Float32Array, shape: readonly number[], codec: Codec, opts: { explicitCodebook?: boolean } = {}): Uint8Array {
   const n = elementCount(shape);
   if (n !== data.length) throw new RangeError(`shape [${shape}] holds ${n} elements, data has ${data.length}`);
   if (shape.length > MAX_DIMS) throw new RangeError(`at most ${MAX_DIMS} dimensions`);
@@ -106,9 +101,7 @@ export function decodeTensor(frame: Uint8Array, opts: { maxElements?: number } =
     const size = dtype === Dtype.F32 ? 4 : 2;
     expectLength(body.byteLength, n * size);
     const data =
-      dtype === Dtype.F32
-        ? new Float32Array(copy(body).buffer)
-        : (dtype === Dtype.F16 ? f16ArrayToF32 : bf16ArrayToF32)(new Uint16Array(copy(body).buffer));
+      dtype === Dtype.F32 ? new Float32Array(copy(body).buffer) : (dtype === Dtype.F16 ? f16ArrayToF32 : bf16ArrayToF32)(new Uint16Array(copy(body).buffer));
     return { data: checkFinite(data), shape, codec: (["none", "f16", "bf16"] as const)[dtype]! };
   }
 

@@ -22,13 +22,18 @@ export class LlamaCppOracle {
 
   /** log-probabilities of the next token after `tokens`, as a dense vocabulary-sized array. */
   async nextLogProbs(tokens: number[], vocabSize: number): Promise<Float32Array> {
-    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
+    const context = await this.model.createContext({
+      contextSize: 256,
+      threads: 2,
+      batchSize: 256,
+      flashAttention: false,
+      experimentalKvCacheKeyType: "F32",
+      experimentalKvCacheValueType: "F32",
+    });
     try {
       const sequence = context.getSequence();
       const items = tokens.map((t, i) =>
-        i === tokens.length - 1
-          ? ([t, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] as const)
-          : t,
+        i === tokens.length - 1 ? ([t, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] as const) : t,
       );
       const out = await sequence.controlledEvaluate(items as never);
       const probs = out[tokens.length - 1]!.next.probabilities!;
@@ -42,7 +47,14 @@ export class LlamaCppOracle {
 
   /** Greedy continuation of `tokens` by `count` tokens. */
   async greedy(tokens: number[], count: number): Promise<number[]> {
-    const context = await this.model.createContext({ contextSize: 256, threads: 2, batchSize: 256, flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" });
+    const context = await this.model.createContext({
+      contextSize: 256,
+      threads: 2,
+      batchSize: 256,
+      flashAttention: false,
+      experimentalKvCacheKeyType: "F32",
+      experimentalKvCacheValueType: "F32",
+    });
     try {
       const sequence = context.getSequence();
       const result: number[] = [];

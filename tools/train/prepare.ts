@@ -23,7 +23,10 @@ const raw = execFileSync("bible", ["gen1:1-rev22:21"], { maxBuffer: 64 << 20, en
 // with the heading, one verse per line without its number.
 const chapters: string[] = [];
 for (const block of raw.split(/\n(?=\S[^\n]* \d+\n)/)) {
-  const lines = block.split("\n").map((l) => l.trim()).filter(Boolean);
+  const lines = block
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
   if (lines.length < 2) continue;
   const verses = lines.slice(1).map((l) => l.replace(/^\d+\s+/, ""));
   chapters.push(`${lines[0]}\n${verses.join("\n")}\n`);
@@ -51,7 +54,10 @@ writeFileSync(join(out, "tokenizer.json"), JSON.stringify(tokenizerJson));
 console.log(`BPE: ${vocab.tokens.length} tokens, ${vocab.merges.length} merges in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
 const tokenizer = Tokenizer.fromTokenizerJson(tokenizerJson);
-for (const [name, text] of [["train", train], ["eval", evalText]] as const) {
+for (const [name, text] of [
+  ["train", train],
+  ["eval", evalText],
+] as const) {
   // Tokenize per chapter so one call never holds the whole corpus.
   const ids: number[] = [];
   for (const chapter of text.split("\n\n")) ids.push(...tokenizer.encode(`${chapter}\n\n`, { addSpecial: false }));

@@ -59,13 +59,7 @@ function bitsEqual(x: Uint32Array, y: Uint32Array): boolean {
  * Matches each cipher row to the public row with the same canonical form, bit for bit.
  * O(rows · cols): a hash index of the public rows, candidates verified exactly.
  */
-function matchCanonical(
-  publicRows: Float32Array,
-  cipherRows: Float32Array,
-  rows: number,
-  cols: number,
-  canonicalize: Canonicalize,
-): RowMatch {
+function matchCanonical(publicRows: Float32Array, cipherRows: Float32Array, rows: number, cols: number, canonicalize: Canonicalize): RowMatch {
   checkShape(publicRows, rows, cols, "publicRows");
   checkShape(cipherRows, rows, cols, "cipherRows");
   const scratch = new Float32Array(cols);
@@ -124,23 +118,11 @@ export function matchRowsExactDetailed(publicRows: Float32Array, cipherRows: Flo
  * sorted rows recovers π⁻¹ even with the hidden space permuted. `segmentCols` sorts each block
  * of that many columns separately (e.g. [E | U] side by side, both permuted by the same σ).
  */
-export function matchRowsSorted(
-  publicRows: Float32Array,
-  cipherRows: Float32Array,
-  rows: number,
-  cols: number,
-  segmentCols = cols,
-): Int32Array {
+export function matchRowsSorted(publicRows: Float32Array, cipherRows: Float32Array, rows: number, cols: number, segmentCols = cols): Int32Array {
   return matchRowsSortedDetailed(publicRows, cipherRows, rows, cols, segmentCols).map;
 }
 
-export function matchRowsSortedDetailed(
-  publicRows: Float32Array,
-  cipherRows: Float32Array,
-  rows: number,
-  cols: number,
-  segmentCols = cols,
-): RowMatch {
+export function matchRowsSortedDetailed(publicRows: Float32Array, cipherRows: Float32Array, rows: number, cols: number, segmentCols = cols): RowMatch {
   if (segmentCols <= 0 || cols % segmentCols !== 0) throw new RangeError(`segmentCols ${segmentCols} must divide cols ${cols}`);
   return matchCanonical(publicRows, cipherRows, rows, cols, sortSegments(segmentCols));
 }
@@ -149,10 +131,7 @@ export function matchRowsSortedDetailed(
  * Recovers σ from norm gains (g'[j] = g[σ(j)]). Several gain vectors (every layer's norms share
  * σ) are matched as one fingerprint per position; positions whose fingerprint repeats are ambiguous.
  */
-export function recoverHiddenPermutation(
-  publicGains: Float32Array | Float32Array[],
-  cipherGains: Float32Array | Float32Array[],
-): HiddenRecovery {
+export function recoverHiddenPermutation(publicGains: Float32Array | Float32Array[], cipherGains: Float32Array | Float32Array[]): HiddenRecovery {
   const pub = Array.isArray(publicGains) ? publicGains : [publicGains];
   const cip = Array.isArray(cipherGains) ? cipherGains : [cipherGains];
   if (pub.length === 0 || pub.length !== cip.length) throw new RangeError("need the same non-zero number of public and cipher gain vectors");
