@@ -3,20 +3,14 @@
 import "../src/swarm/node20.js";
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
 import { generateKeyPair } from "@libp2p/crypto/keys";
-import { identify } from "@libp2p/identify";
 import type { PrivateKey } from "@libp2p/interface";
-import { kadDHT, passthroughMapper } from "@libp2p/kad-dht";
 import { peerIdFromPrivateKey, peerIdFromPublicKey } from "@libp2p/peer-id";
 import { RecordEnvelope } from "@libp2p/peer-record";
-import { ping } from "@libp2p/ping";
-import { tcp } from "@libp2p/tcp";
-import { createLibp2p } from "libp2p";
-import { DHT_PROTOCOL, fetchRecord, recordKey, selectLatest, validateShape, validateStrict } from "../src/swarm/dht.js";
+import { fetchRecord, recordKey, selectLatest, validateShape, validateStrict } from "../src/swarm/dht.js";
 import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import type { NodeInfo } from "../src/swarm/protocol.js";
+import { permissiveDhtHost } from "./support/rogue.js";
 import { canonicalJson, MAX_RECORD_BYTES, RECORD_TTL_MS, type RecordBody, signRecord, TesseraNodeRecord, verifyRecord } from "../src/swarm/signed-record.js";
 
 const NOW = 1_000_000;
@@ -161,27 +155,7 @@ test("DHT validators: servers refuse what does not verify under its own key, cli
 });
 
 /** A DHT server that stores anything (what a rogue peer runs). */
-async function roguePeer(key: PrivateKey) {
-  return createLibp2p({
-    privateKey: key,
-    addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    services: {
-      identify: identify(),
-      ping: ping(),
-      dht: kadDHT({
-        protocol: DHT_PROTOCOL,
-        clientMode: false,
-        peerInfoMapper: passthroughMapper,
-        allowQueryWithZeroPeers: true,
-        validators: { tessera: async () => {} },
-        selectors: { tessera: () => 0 },
-      }),
-    },
-  });
-}
+const roguePeer = permissiveDhtHost;
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

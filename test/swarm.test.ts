@@ -2,23 +2,17 @@
 import "../src/swarm/node20.js";
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { noise } from "@chainsafe/libp2p-noise";
-import { yamux } from "@chainsafe/libp2p-yamux";
-import { identify } from "@libp2p/identify";
 import type { PrivateKey } from "@libp2p/interface";
-import { kadDHT, passthroughMapper } from "@libp2p/kad-dht";
-import { ping } from "@libp2p/ping";
-import { tcp } from "@libp2p/tcp";
 import { lpStream } from "@libp2p/utils";
 import { multiaddr } from "@multiformats/multiaddr";
 import { generateKeyPair } from "@libp2p/crypto/keys";
-import { createLibp2p, type Libp2p } from "libp2p";
+import type { Libp2p } from "libp2p";
 import type { ServedModel } from "../src/engine/interface.js";
 import { LocalPipeline } from "../src/engine/pipeline.js";
 import { servedCheckpoint } from "../src/engine/runtime.js";
 import { argmax } from "../src/engine/sampling.js";
 import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
-import { announce, DHT_PROTOCOL } from "../src/swarm/dht.js";
+import { announce } from "../src/swarm/dht.js";
 import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
@@ -28,6 +22,7 @@ import { RouteSession } from "../src/swarm/route-session.js";
 import type { NodeInfo } from "../src/swarm/protocol.js";
 import { type SignedRecord, signRecord } from "../src/swarm/signed-record.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
+import { permissiveDhtHost } from "./support/rogue.js";
 
 let checkpoint: Checkpoint;
 let model: ServedModel;
@@ -105,25 +100,7 @@ const infoOf = (peerId: string, span: Partial<NodeInfo> = {}): NodeInfo => ({
  * serve a record the honest nodes would refuse to store.
  */
 async function roguePeer(key: PrivateKey, record: (peerId: string) => Promise<SignedRecord>): Promise<Libp2p> {
-  const rogue = await createLibp2p({
-    privateKey: key,
-    addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    services: {
-      identify: identify(),
-      ping: ping(),
-      dht: kadDHT({
-        protocol: DHT_PROTOCOL,
-        clientMode: false,
-        peerInfoMapper: passthroughMapper,
-        allowQueryWithZeroPeers: true,
-        validators: { tessera: async () => {} },
-        selectors: { tessera: () => 0 },
-      }),
-    },
-  });
+  const rogue = await permissiveDhtHost(key);
   await joinSwarm(rogue as unknown as SwarmHost, [nodes[0]!.addresses[0]!]);
   const peerId = rogue.peerId.toString();
   // The honest servers refuse to store an invalid record, so the put may fail: the rogue holds it itself either way.

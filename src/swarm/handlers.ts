@@ -67,14 +67,9 @@ export class SpanHandlers {
     };
     try {
       for (;;) {
-        let bytes: Uint8Array;
-        try {
-          bytes = (await lp.read()).subarray();
-        } catch (e) {
-          // The client closed or reset the stream, or sent an oversized frame.
-          log.trace("stream from %s ended: %s", from, errorMessage(e));
-          return;
-        }
+        // Undefined: the client closed or reset the stream, or sent an oversized frame.
+        const bytes = await readFrame(lp, "span", from);
+        if (!bytes) return;
         let message: Message;
         try {
           message = decodeMessage(bytes, this.server.maxElements);
@@ -173,13 +168,8 @@ export class SpanHandlers {
     const lp = framedStream(stream);
     try {
       for (;;) {
-        let bytes: Uint8Array;
-        try {
-          bytes = (await lp.read()).subarray();
-        } catch (e) {
-          log.trace("push stream from %s ended: %s", from, errorMessage(e));
-          return;
-        }
+        const bytes = await readFrame(lp, "push", from);
+        if (!bytes) return;
         const message = decodeMessage(bytes, this.server.maxElements);
         if (message.kind !== Kind.Push) throw new ProtocolError("BAD_CODEC", `kind ${message.kind} on the push protocol`);
         const session = this.server.session(message.sessionId);
@@ -198,5 +188,15 @@ export class SpanHandlers {
     } finally {
       await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
     }
+  }
+}
+
+/** The next message of a framed stream, or undefined once the stream ended (closed, reset, or a frame over the limit). */
+async function readFrame(lp: ReturnType<typeof framedStream>, protocol: string, from: string): Promise<Uint8Array | undefined> {
+  try {
+    return (await lp.read()).subarray();
+  } catch (e) {
+    log.trace("%s stream from %s ended: %s", protocol, from, errorMessage(e));
+    return undefined;
   }
 }
