@@ -29,13 +29,23 @@ test("make-test-model then generate: streams text, and --json reports tokens and
   assert.notDeepEqual(other.tokens, json.tokens, "another seed samples other tokens");
 });
 
-test("stop strings cut the output, and GGUF models generate with --chat and span splits", async () => {
+/** A Q8_0 GGUF of the tiny Qwen2 preset, and generate arguments for it with --chat and span splits. */
+let qwen2Gguf: Promise<string> | undefined;
+async function qwen2ChatArgs(): Promise<string[]> {
   const file = join(workDir, "cli-qwen2.gguf");
-  await tessera("make-test-model", "--preset", "tiny-qwen2", "--format", "gguf", "--dtype", "Q8_0", "--out", file);
-  const base = ["generate", "--model", file, "--prompt", "hi", "--chat", "-t", "0", "-n", "24", "--weights", "q8", "--splits", "1,2", "--json"];
-  const full = JSON.parse((await tessera(...base)).stdout);
+  qwen2Gguf ??= tessera("make-test-model", "--preset", "tiny-qwen2", "--format", "gguf", "--dtype", "Q8_0", "--out", file).then(() => file);
+  return ["generate", "--model", await qwen2Gguf, "--prompt", "hi", "--chat", "-t", "0", "-n", "24", "--weights", "q8", "--splits", "1,2", "--json"];
+}
+
+test("GGUF models generate with --chat (the template wraps the prompt) and span splits", async () => {
+  const full = JSON.parse((await tessera(...(await qwen2ChatArgs()))).stdout);
   assert.ok(full.text.length > 4, `generated '${full.text}'`);
   assert.ok(full.promptTokens.length > 4, "the chat template wraps the prompt");
+});
+
+test("a stop string cuts the output just before it, with finish reason stop", async () => {
+  const base = await qwen2ChatArgs();
+  const full = JSON.parse((await tessera(...base)).stdout);
   const stop = full.text.slice(2, 4);
   const cut = JSON.parse((await tessera(...base, "--stop", stop)).stdout);
   assert.equal(cut.finishReason, "stop");

@@ -148,15 +148,26 @@ test("greedy generation through the encrypted swarm equals the plaintext model's
   }
 });
 
-test("tessera generate --key: through node processes and on this machine it generates what plaintext generate does; wrong keys are named", async () => {
-  const first = await spawnNode(encryptedPath, 0, 2, ["--max-session", "512"]);
-  children.push(first.proc);
-  const second = await spawnNode(encryptedPath, 2, 4, ["--max-session", "512", "--bootstrap", first.addr]);
-  children.push(second.proc);
+/** Two `tessera node` processes serving the encrypted checkpoint, started once for the tests that need them. */
+let nodeProcesses: Promise<string> | undefined;
+function encryptedSwarm(): Promise<string> {
+  nodeProcesses ??= (async () => {
+    const first = await spawnNode(encryptedPath, 0, 2, ["--max-session", "512"]);
+    children.push(first.proc);
+    const second = await spawnNode(encryptedPath, 2, 4, ["--max-session", "512", "--bootstrap", first.addr]);
+    children.push(second.proc);
+    return first.addr;
+  })();
+  return nodeProcesses;
+}
 
-  const args = ["generate", "--model", plainPath, "--prompt", PROMPT, "-t", "0", "-n", "12", "--json"];
+const generateArgs = () => ["generate", "--model", plainPath, "--prompt", PROMPT, "-t", "0", "-n", "12", "--json"];
+
+test("tessera generate --key: through node processes and on this machine it generates what plaintext generate does", async () => {
+  const bootstrap = await encryptedSwarm();
+  const args = generateArgs();
   const [viaSwarm, local, onThisMachine] = await Promise.all([
-    tessera(...args, "--key", keyFile, "--swarm", first.addr),
+    tessera(...args, "--key", keyFile, "--swarm", bootstrap),
     tessera(...args, "--key", keyFile, "--encrypted-model", encryptedPath),
     tessera(...args),
   ]);
@@ -164,7 +175,11 @@ test("tessera generate --key: through node processes and on this machine it gene
   assert.ok(expected.tokens.length > 0);
   assert.deepEqual(JSON.parse(viaSwarm.stdout).tokens, expected.tokens);
   assert.deepEqual(JSON.parse(local.stdout).tokens, expected.tokens);
+});
 
+test("tessera generate --key: a key for another deployment or tokenizer, a missing key file and --key without a target are each refused by name", async () => {
+  const bootstrap = await encryptedSwarm();
+  const args = generateArgs();
   // Another key for the same model: the nodes are not found under its deployment id.
   const { v: _v, secret: _secret, ...fields } = key;
   const other = newKey(fields);
@@ -181,11 +196,11 @@ test("tessera generate --key: through node processes and on this machine it gene
     });
   await Promise.all([
     fails(
-      ["--key", otherKey, "--swarm", first.addr],
+      ["--key", otherKey, "--swarm", bootstrap],
       new RegExp(`MissingBlocksError: no node found through .* under model id ${deploymentId(other)} \\(the deployment id of .*ee-swarm-other\\.key`),
     ),
-    fails(["--key", foreignKey, "--swarm", first.addr], /EeKeyError: .*ee-swarm-foreign\.key is not a key for .*another tokenizer/),
-    fails(["--key", join(workDir, "missing.key"), "--swarm", first.addr], /EeKeyError: .*missing\.key: cannot read key file/),
+    fails(["--key", foreignKey, "--swarm", bootstrap], /EeKeyError: .*ee-swarm-foreign\.key is not a key for .*another tokenizer/),
+    fails(["--key", join(workDir, "missing.key"), "--swarm", bootstrap], /EeKeyError: .*missing\.key: cannot read key file/),
     fails(["--key", otherKey, "--encrypted-model", encryptedPath], /EeKeyError: .*ee-swarm-other\.key is not the key .*tiny-llama-ee-l1 was encrypted with/),
     fails(["--key", keyFile], /--key runs through nodes serving the encrypted checkpoint \(--swarm ADDR\) or on this machine with --encrypted-model/),
   ]);
