@@ -73,7 +73,7 @@ before(async () => {
 
 after(async () => {
   for (const c of children) c.kill("SIGKILL");
-  for (const n of nodes) await n.stop().catch(() => {});
+  for (const n of nodes) await n.stop();
 });
 
 const PROMPT = "In the beginning God created";

@@ -210,3 +210,16 @@ test("a move hands over: sessions opened before it finish on the old span, relea
   assert.deepEqual(released, ["0:2"]);
   await assert.rejects(s.moveTo(5), SessionError);
 });
+
+test("a sub-range the engine cannot load fails that open only, and gives its KV room back", async () => {
+  const { s } = await server({
+    load: async (a, b) => {
+      if (a === 3) throw new Error("out of memory");
+      return standIn(a, b, []);
+    },
+  });
+  await assert.rejects(s.open({ start: 3, end: 5, maxLength: 8, codec: "none" }, owner()), /out of memory/);
+  assert.equal(s.cacheTokensLeft, 100);
+  assert.deepEqual(s.loadedRanges, [[2, 6]]);
+  assert.ok((await s.open({ start: 2, end: 6, maxLength: 8, codec: "none" }, owner())).ok, "the whole span still opens");
+});

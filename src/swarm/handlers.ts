@@ -23,7 +23,7 @@ import {
   SPAN_PROTOCOL,
   type StepRequest,
 } from "./protocol.js";
-import type { ServerSession, SpanServer, StepOutcome } from "./span-server.js";
+import type { OpenResult, ServerSession, SpanServer, StepOutcome } from "./span-server.js";
 
 const log = logger("swarm:handler");
 
@@ -78,14 +78,20 @@ export class SpanHandlers {
         }
         if (message.kind === Kind.Open) {
           if (session) return await fail("ALREADY_OPEN", "this stream already carries a session");
-          const opened = await this.server.open(message.open, {
-            peer: from,
-            closed: (code, text) => {
-              send(encodeControl(Kind.Error, { code, message: text }))
-                .catch((e) => log("could not tell %s its session closed: %s", from, errorMessage(e)))
-                .finally(() => stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e)))));
-            },
-          });
+          let opened: OpenResult;
+          try {
+            opened = await this.server.open(message.open, {
+              peer: from,
+              closed: (code, text) => {
+                send(encodeControl(Kind.Error, { code, message: text }))
+                  .catch((e) => log("could not tell %s its session closed: %s", from, errorMessage(e)))
+                  .finally(() => stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e)))));
+              },
+            });
+          } catch (e) {
+            // The engine could not load the blocks (the server logged why): this session only fails.
+            return await fail("INTERNAL", `could not load blocks [${message.open.start}, ${message.open.end}): ${errorMessage(e)}`);
+          }
           if (!opened.ok) return await fail(opened.code, opened.message);
           session = opened.session;
           this.links.set(session, { link: {}, reply: send });

@@ -222,8 +222,17 @@ export class SpanServer {
     const k = key(start, end);
     const held = this.held.get(k);
     if (!held) throw new Error(`runtime ${k} vanished while opening`);
+    let engine: SpanSession;
+    try {
+      engine = runtime.openSession(maxLength);
+    } catch (e) {
+      this.reservedTokens -= reserved;
+      this.releaseUnused();
+      if (e instanceof SessionError) return refuse("BAD_SPAN", e.message);
+      throw e;
+    }
     held.sessions++;
-    const session = new ServerSession(request, runtime.openSession(maxLength), k, reserved, owner, this.now());
+    const session = new ServerSession(request, engine, k, reserved, owner, this.now());
     this.sessions.add(session);
     if (request.sessionId) this.byId.set(request.sessionId, session);
     log("opened session %s on [%d, %d), max %d tokens (%d token-blocks of KV left)", session.label, start, end, maxLength, this.cacheTokensLeft);
