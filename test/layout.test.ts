@@ -1,4 +1,4 @@
-// The layout is the architecture: dependencies point one way (model → engine → swarm/ee → cli),
+// The layout is the architecture: dependencies point one way (model → engine → swarm/ee/verify → cli),
 // and the swarm and EE see the engine only through its interface module, never ONNX Runtime.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -13,8 +13,9 @@ const ALLOWED: Record<string, string[]> = {
   engine: ["model"],
   wire: ["model"],
   ee: ["model", "engine/interface"],
+  verify: ["model", "engine/interface"],
   swarm: ["model", "wire", "ee", "engine/interface"],
-  cli: ["model", "engine", "wire", "ee", "swarm"],
+  cli: ["model", "engine", "wire", "ee", "swarm", "verify"],
 };
 
 function sources(dir: string): string[] {

@@ -7,6 +7,7 @@ import { SwarmClient } from "../swarm/client.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { type EngineFlags, loadLocalModel } from "./engine-options.js";
 import { withProgress } from "./progress.js";
+import { readManifest } from "../verify/manifest.js";
 
 interface EvalFlags extends EngineFlags {
   data: string;
@@ -15,6 +16,7 @@ interface EvalFlags extends EngineFlags {
   swarm: string[];
   codec: Codec;
   modelId?: string;
+  manifest?: string;
   routing: "min-latency" | "max-throughput";
 }
 
@@ -56,7 +58,8 @@ async function swarmSession(flags: EvalFlags) {
   }
   const tokenizer = await info.tokenizer();
   const modelId = flags.modelId ?? info.modelId;
-  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec });
+  const manifestId = flags.manifest ? (await readManifest(flags.manifest)).id : undefined;
+  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec, manifestId });
   try {
     const session = await client.openSession(flags.window, { routing: flags.routing });
     return { config: info.config, tokenizer, session, done: () => client.close() };

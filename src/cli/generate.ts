@@ -12,6 +12,7 @@ import { MissingBlocksError } from "../swarm/records.js";
 import type { RouteSession } from "../swarm/route-session.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { type EngineFlags, loadLocalModel, loadPipeline } from "./engine-options.js";
+import { readManifest } from "../verify/manifest.js";
 
 interface GenerateFlags extends EngineFlags {
   prompt: string;
@@ -31,6 +32,7 @@ interface GenerateFlags extends EngineFlags {
   swarm: string[];
   codec: Codec;
   modelId?: string;
+  manifest?: string;
   chain: "auto" | "on" | "off";
   routing: "min-latency" | "max-throughput";
   /** EE key file: the nodes (or --encrypted-model) run the checkpoint encrypted with it. */
@@ -140,7 +142,8 @@ async function swarmSession(flags: GenerateFlags) {
     );
   }
   const modelId = flags.modelId ?? (ee ? deploymentId(ee.key) : info.modelId);
-  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec });
+  const manifestId = flags.manifest ? (await readManifest(flags.manifest)).id : undefined;
+  const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec, manifestId });
   let session: RouteSession;
   try {
     // Nodes reserve KV cache for the whole session: ask for what this prompt and --max-tokens need.

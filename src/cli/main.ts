@@ -10,6 +10,7 @@ import { addEngineOptions } from "./engine-options.js";
 import { evalCommand } from "./eval.js";
 import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
+import { manifestCommand } from "./manifest.js";
 import { nodeCommand } from "./node.js";
 import { swarmStatusCommand } from "./swarm-status.js";
 import { makeTestModelCommand } from "./make-test-model.js";
@@ -55,6 +56,7 @@ addEngineOptions(program.command("generate").description("generate text with a m
       .default("min-latency"),
   )
   .option("--model-id <id>", "with --swarm: the name the nodes announce the model under (default: the checkpoint's name, or the key's deployment id)")
+  .option("--manifest <file>", "with --swarm: route only through nodes that checked their span against this model manifest (tessera manifest)")
   .option(
     "--key <file>",
     "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here",
@@ -73,6 +75,7 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--idle-timeout <s>", "close sessions that send no step for this long, releasing their cache", intArg, 300)
   .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
+  .option("--manifest <file>", "check the span's tensors against this model manifest at load (refusing a mismatch) and announce its id")
   .addOption(
     new Option(
       "--log-level <level>",
@@ -82,6 +85,13 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
       .default("error"),
   )
   .action(nodeCommand);
+
+addEngineOptions(
+  program
+    .command("manifest")
+    .description("write a model manifest: a content hash per tensor and per block, for the embedding and the head, and its own id")
+    .option("-o, --out <file>", "where to write it (default: tessera-manifest.json in the folder, or <name>.manifest.json beside a .gguf)"),
+).action(manifestCommand);
 
 program
   .command("swarm")
@@ -118,6 +128,7 @@ addEngineOptions(program.command("eval").description("perplexity and next-token 
   .option("--swarm <multiaddr>", "score through the swarm joined at this node instead of on this machine (repeatable)", collect, [])
   .addOption(new Option("--codec <codec>", "with --swarm: hidden-state codec on hops").choices(["none", "f16", "blockwise8"]).default("none"))
   .option("--model-id <id>", "with --swarm: the id the nodes announce the model under")
+  .option("--manifest <file>", "with --swarm: route only through nodes that checked their span against this model manifest")
   .addOption(new Option("--routing <mode>", "with --swarm: how windows are routed").choices(["min-latency", "max-throughput"]).default("max-throughput"))
   .action(evalCommand);
 

@@ -1,5 +1,6 @@
 import { servedCheckpoint } from "../engine/runtime.js";
 import { type LogLevel, setLogLevel } from "../log.js";
+import { checkedModel, readManifest } from "../verify/manifest.js";
 import type { WeightFormat } from "../engine/interface.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
@@ -27,6 +28,7 @@ interface NodeFlags {
   throughput?: number;
   idleTimeout: number;
   logLevel: LogLevel;
+  manifest?: string;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
@@ -36,8 +38,11 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const L = checkpoint.config.numLayers;
   const modelId = flags.modelId ?? (await modelIdFor(flags.model));
   const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, modelId, checkpoint.config) : parseSpan(flags.blocks);
+  const served = await servedCheckpoint(checkpoint, { format: flags.weights, threads: flags.threads, maxSequence: flags.maxSession });
+  const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined;
   const node = await SpanNode.start({
-    model: await servedCheckpoint(checkpoint, { format: flags.weights, threads: flags.threads, maxSequence: flags.maxSession }),
+    model: manifest ? checkedModel(served, checkpoint, manifest, flags.weights) : served,
+    manifestId: manifest?.id,
     modelId,
     bootstrap: flags.bootstrap,
     throughput: flags.throughput,

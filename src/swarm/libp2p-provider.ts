@@ -57,6 +57,8 @@ export class SpanFailure extends Error {
 export interface ProviderOptions {
   /** The model whose blocks to look for in the DHT. */
   modelId: string;
+  /** Route only through nodes that announce this model manifest id (their spans were checked against it at load). */
+  manifestId?: string;
   /** Codec for hidden states the client sends and nodes return. */
   codec?: Codec;
   /** Per-step deadline; a node slower than this is treated as failed. */
@@ -148,6 +150,13 @@ export class Libp2pSpanProvider implements SpanProvider {
       if (info.peerId !== peerId) return reject(`record of ${info.peerId} announced by ${peerId}`);
       if (info.modelId !== this.opts.modelId || info.numBlocks !== this.opts.numBlocks) {
         return reject(`serves ${info.modelId} with ${info.numBlocks} blocks, not ${this.opts.modelId} with ${this.opts.numBlocks}`);
+      }
+      if (this.opts.manifestId !== undefined && info.manifestId !== this.opts.manifestId) {
+        return reject(
+          info.manifestId
+            ? `announces manifest ${info.manifestId.slice(0, 16)}…, not ${this.opts.manifestId.slice(0, 16)}…`
+            : "announces no manifest, and one is required",
+        );
       }
       if (info.state !== "online") return log.trace("peer %s is %s: left out", peerId, info.state);
       const id = peerIdFromString(peerId);

@@ -39,6 +39,8 @@ export interface SpanNodeOptions {
   idleTimeoutMs?: number;
   /** Announce this decode throughput (tokens/s per block) instead of the measured one (Petals' --throughput). */
   throughput?: number;
+  /** The manifest id the model's spans were checked against (announced; clients may require it). */
+  manifestId?: string;
   /** Sub-range runtimes held at once for routes entering the span mid-way. */
   maxSubSpans?: number;
   /** Sees every step the node runs, as decoded from the wire (dashboards, tests of what a node sees). */
@@ -151,6 +153,7 @@ export class SpanNode {
       nextPings: this.announcer.next.nextPings,
       linkMbps: this.announcer.next.linkMbps,
       version: VERSION,
+      manifestId: this.opts.manifestId,
     };
   }
 

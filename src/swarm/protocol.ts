@@ -88,6 +88,8 @@ export interface NodeInfo {
   /** Measured link speed to those peers, Mbit/s (0: not measured). */
   linkMbps: number;
   version: string;
+  /** Id of the model manifest (src/verify/manifest.ts) the node checked its span against at load; absent if none. */
+  manifestId?: string;
 }
 
 export interface ErrorMessage {

@@ -132,6 +132,7 @@ export async function verifyRecord(signed: unknown, now: number): Promise<Record
   if (![body.inferenceRps, body.forwardRps, body.linkMbps].every((v) => typeof v === "number" && Number.isFinite(v) && v >= 0)) return "non-finite throughput";
   if (body.state !== "online" && body.state !== "offline") return `unknown state ${String(body.state)}`;
   if (typeof body.modelId !== "string" || typeof body.checkpointHash !== "string") return "missing model id or checkpoint hash";
+  if (body.manifestId !== undefined && !(typeof body.manifestId === "string" && /^[0-9a-f]{64}$/.test(body.manifestId))) return "malformed manifestId";
   const pings = body.nextPings as unknown;
   if (typeof pings !== "object" || pings === null || Array.isArray(pings) || Object.values(pings).some((v) => !(typeof v === "number" && v >= 0 && v < 3600))) {
     return "malformed nextPings";
