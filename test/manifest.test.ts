@@ -88,7 +88,10 @@ test("a client that asks for a manifest routes only through nodes announcing it,
   const base = { modelId: "manifest", start: 0, end: 4, maxSessionLength: 64 };
   const checked = await SpanNode.start({ ...base, model: checkedModel(model, checkpoint, manifest, "f32"), manifestId: manifest.id });
   const bootstrap = [checked.addresses[0]!];
-  nodes = [checked, ...(await Promise.all([SpanNode.start({ ...base, model, bootstrap }), SpanNode.start({ ...base, model, bootstrap, manifestId: other.id })]))];
+  nodes = [
+    checked,
+    ...(await Promise.all([SpanNode.start({ ...base, model, bootstrap }), SpanNode.start({ ...base, model, bootstrap, manifestId: other.id })])),
+  ];
   client = await createSwarmHost({ role: "client" });
   await joinSwarm(client, bootstrap);
   const c = checkpoint.config;
