@@ -317,8 +317,12 @@ function decodeAscii(bytes: Uint8Array): string | undefined {
   return s;
 }
 
-/** Parses a GGUF header (metadata and tensor table) without reading tensor data. */
-export async function readGguf(file: string): Promise<GgufFile> {
+/**
+ * Parses a GGUF header (metadata and tensor table) without reading tensor data. With `headerOnly`
+ * the file may end after its header (a client's copy of a model it never runs): tensors are not
+ * checked against the file's size, and reading one fails as a truncated file.
+ */
+export async function readGguf(file: string, opts: { headerOnly?: boolean } = {}): Promise<GgufFile> {
   const handle = await openForReading(file);
   try {
     const reader = new ChunkedReader(handle, file, (await handle.stat()).size);
@@ -346,7 +350,7 @@ export async function readGguf(file: string): Promise<GgufFile> {
       if (tensors.has(raw.name) || unsupportedTensors.has(raw.name)) {
         throw new CheckpointError("duplicate tensor name", file, raw.name);
       }
-      const placed = placeTensor(raw, dataOffset, alignment, reader);
+      const placed = placeTensor(raw, dataOffset, alignment, reader, opts.headerOnly ?? false);
       if ("dtype" in placed) tensors.set(raw.name, placed);
       else unsupportedTensors.set(raw.name, placed);
       if (placed.byteLength !== undefined && placed.byteLength > 0) {
@@ -461,7 +465,7 @@ async function readTensorInfo(reader: ChunkedReader, index: number): Promise<Raw
   return { name, ne, ggmlType, relativeOffset };
 }
 
-function placeTensor(raw: RawTensorInfo, dataOffset: number, alignment: number, reader: ChunkedReader): TensorInfo | GgufUnsupportedTensor {
+function placeTensor(raw: RawTensorInfo, dataOffset: number, alignment: number, reader: ChunkedReader, headerOnly: boolean): TensorInfo | GgufUnsupportedTensor {
   const { file } = reader;
   const fail = (message: string) => new CheckpointError(message, file, raw.name);
   const shape = [...raw.ne].reverse();
@@ -480,7 +484,7 @@ function placeTensor(raw: RawTensorInfo, dataOffset: number, alignment: number, 
   const elements = raw.ne.reduce((a, b) => a * b, 1);
   const byteLength = (elements / type.blockSize) * type.bytesPerBlock;
   if (!Number.isSafeInteger(byteLength)) throw fail(`shape [${shape}] is too large`);
-  if (offset + byteLength > reader.fileSize) {
+  if (!headerOnly && offset + byteLength > reader.fileSize) {
     throw fail(`${type.name} [${shape}] needs bytes [${offset}, ${offset + byteLength}), past the end of the file (${reader.fileSize} bytes)`);
   }
   if (!type.dtype) return { name: raw.name, ggmlType: raw.ggmlType, ggmlTypeName: type.name, shape, offset, byteLength, file };

@@ -110,7 +110,7 @@ async function hfInfo(dir: string): Promise<FormatInfo> {
 
 /** readGguf parses the header (metadata, tensor names and shapes); no tensor is read. */
 async function ggufInfo(file: string): Promise<FormatInfo> {
-  const gguf = await readGguf(file);
+  const gguf = await readGguf(file, { headerOnly: true });
   return {
     format: "gguf",
     path: file,
