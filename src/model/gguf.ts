@@ -465,7 +465,13 @@ async function readTensorInfo(reader: ChunkedReader, index: number): Promise<Raw
   return { name, ne, ggmlType, relativeOffset };
 }
 
-function placeTensor(raw: RawTensorInfo, dataOffset: number, alignment: number, reader: ChunkedReader, headerOnly: boolean): TensorInfo | GgufUnsupportedTensor {
+function placeTensor(
+  raw: RawTensorInfo,
+  dataOffset: number,
+  alignment: number,
+  reader: ChunkedReader,
+  headerOnly: boolean,
+): TensorInfo | GgufUnsupportedTensor {
   const { file } = reader;
   const fail = (message: string) => new CheckpointError(message, file, raw.name);
   const shape = [...raw.ne].reverse();
