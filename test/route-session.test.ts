@@ -269,6 +269,34 @@ test("with no other server for its blocks, a failing route gives up with the err
   }
 });
 
+test("a step that fails part-way rolls back the hops that ran it: once the node is back, the session goes on as if it never happened", async () => {
+  const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
+  const swarm = new InProcessSwarm(checkpoint, [
+    { peerId: "A", start: 0, end: 2, rps: 100 },
+    { peerId: "B", start: 2, end: 4, rps: 100 },
+  ]);
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
+  try {
+    const reference = local.openSession(32);
+    await reference.append([1, 2, 3]);
+    const expected = await reference.append([4]);
+    const session = await RouteSession.open(swarm, { numBlocks: 4, maxLength: 32, maxRetries: 1 });
+    await session.append([1, 2, 3]);
+    swarm.dead.add("B");
+    await assert.rejects(session.append([4]), /peer B is unreachable/);
+    swarm.dead.delete("B");
+    const logits = await session.append([4]);
+    assert.equal(session.length, 4);
+    assert.equal(argmax(logits), argmax(expected));
+    let diff = 0;
+    for (let i = 0; i < logits.length; i++) diff = Math.max(diff, Math.abs(logits[i]! - expected[i]!));
+    assert.ok(diff < 1e-4, `logits equal the local run's (max diff ${diff})`);
+  } finally {
+    await local.release();
+    await swarm.release();
+  }
+});
+
 test("bans back off exponentially and expire", () => {
   const bans = new BanList();
   assert.equal(bans.ban("p", 0), FIRST_BAN_MS);

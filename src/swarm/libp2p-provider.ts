@@ -250,7 +250,7 @@ class RemoteSpanStream implements RemoteSpan {
       await this.lp.write(encodeControl(Kind.Link, link));
     },
     pushed: async (stepId: number, count: number, allLogits: boolean, graceMs: number): Promise<ForwardOutput | undefined> => {
-      const reply = await this.receive(graceMs);
+      const reply = await this.nextFor(stepId, graceMs);
       if (!reply) return undefined;
       return this.result(reply, stepId, count, allLogits);
     },
@@ -264,7 +264,21 @@ class RemoteSpanStream implements RemoteSpan {
     await this.lp.write(
       encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }),
     );
-    return this.result(await this.receive(), stepId, count, Boolean(opts.allLogits));
+    const reply = await this.nextFor(stepId);
+    if (!reply) return this.fail("UNREACHABLE", `no answer to step ${stepId}`);
+    return this.result(reply, stepId, count, Boolean(opts.allLogits));
+  }
+
+  /**
+   * The next message for step `stepId`: results of earlier steps still in the stream (a step the
+   * client gave up on, whose later hops answered anyway) are dropped, not mistaken for this one.
+   */
+  private async nextFor(stepId: number, graceMs?: number): Promise<Message | undefined> {
+    for (;;) {
+      const reply = graceMs === undefined ? await this.receive() : await this.receive(graceMs);
+      if (!reply || reply.kind !== Kind.Result || reply.result.stepId >= stepId) return reply;
+      log.trace("peer %s session %s: dropping the late result of step %d", this.hop.peerId, this.sessionId, reply.result.stepId);
+    }
   }
 
   private result(reply: Message, stepId: number, count: number, allLogits: boolean): ForwardOutput {

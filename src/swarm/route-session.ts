@@ -179,17 +179,24 @@ export class RouteSession implements LogitsSession {
     const chained = this.chaining;
     const route: RouteStep = { id: ++this.stepCounter, allLogits: Boolean(opts.allLogits), chained, pushing: chained };
     let input: ForwardInput = { tokens: [...tokens] };
-    for (let i = 0; i < this.hops.length; i++) {
-      const step = { input, tokens: tokens.length };
-      const output = route.pushing && i > 0 ? await this.receivePushed(i, step, route) : await this.forwardWithFailover(i, step, route);
-      const peer = this.hopAt(i).hop.peerId;
-      if (i === this.hops.length - 1) {
-        if (!output.logits) throw new Error(`peer ${peer} serves the last block but returned no logits`);
-        this.position += tokens.length;
-        return output.logits;
+    try {
+      for (let i = 0; i < this.hops.length; i++) {
+        const step = { input, tokens: tokens.length };
+        const output = route.pushing && i > 0 ? await this.receivePushed(i, step, route) : await this.forwardWithFailover(i, step, route);
+        const peer = this.hopAt(i).hop.peerId;
+        if (i === this.hops.length - 1) {
+          if (!output.logits) throw new Error(`peer ${peer} serves the last block but returned no logits`);
+          this.position += tokens.length;
+          return output.logits;
+        }
+        if (!output.hidden) throw new Error(`peer ${peer} returned no hidden states for the next hop`);
+        input = { hidden: output.hidden };
       }
-      if (!output.hidden) throw new Error(`peer ${peer} returned no hidden states for the next hop`);
-      input = { hidden: output.hidden };
+    } catch (e) {
+      // The step failed part-way: hops that ran it roll back, so the session stays usable at its length.
+      log("step %d failed (%s): rolling every hop back to %d tokens", route.id, errorMessage(e), this.position);
+      this.truncate(this.position);
+      throw e;
     }
     throw new Error("empty route");
   }
