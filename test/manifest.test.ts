@@ -12,7 +12,16 @@ import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { spawnNode, stopNode } from "../src/swarm/node-process.js";
-import { buildManifest, checkedModel, checkSpan, ManifestError, type ModelManifest, readManifest, writeManifest } from "../src/verify/manifest.js";
+import {
+  buildManifest,
+  checkedModel,
+  checkSpan,
+  defaultManifestPath,
+  ManifestError,
+  type ModelManifest,
+  readManifest,
+  writeManifest,
+} from "../src/verify/manifest.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
 import { tessera } from "./support/cli.js";
 
@@ -126,4 +135,15 @@ test("tessera manifest writes the file and prints its id; tessera node --manifes
   } finally {
     await stopNode(node.proc);
   }
+});
+
+test("tessera encrypt-model also writes the encrypted checkpoint's model manifest, which its tensors match", async () => {
+  const out = join(workDir, "manifest-ee-l1");
+  const { stdout } = await tessera(["encrypt-model", "-m", hfPath, "--key", join(workDir, "manifest-ee.key"), "--level", "L1", "-o", out]);
+  const file = defaultManifestPath(out);
+  const encryptedManifest = await readManifest(file);
+  assert.match(stdout, new RegExp(`model manifest ${encryptedManifest.id}`));
+  assert.notEqual(encryptedManifest.id, manifest.id, "other weights, another manifest");
+  const encrypted = await openCheckpoint(out);
+  await checkSpan(encrypted, encryptedManifest, 0, encrypted.config.numLayers, "f32");
 });

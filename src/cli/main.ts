@@ -147,6 +147,11 @@ program
   .requiredOption("--key <file>", "key file; created (mode 0600) when it does not exist")
   .addOption(new Option("--level <level>", "L0: vocabulary only; L1: vocabulary and every hidden basis").choices(["L0", "L1"]).makeOptionMandatory())
   .requiredOption("-o, --out <path>", "output folder (Hugging Face input) or .gguf file (GGUF input)")
+  .addOption(
+    new Option("--weights <format>", "engine weight format the nodes will run, for the encrypted checkpoint's model manifest")
+      .choices(["f32", "f16", "q8", "q4"])
+      .default("f32"),
+  )
   .action(encryptModelCommand);
 
 program
