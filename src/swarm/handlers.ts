@@ -2,7 +2,7 @@
 // session: open, steps, link), the push protocol (steps pushed by the previous node of a chained
 // route) and the link-speed probe. A peer's bytes never crash the node: malformed messages get
 // an error reply and close only their own stream.
-import type { Stream } from "@libp2p/interface";
+import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { errorMessage, logger } from "../log.js";
@@ -23,6 +23,7 @@ import {
   SPAN_PROTOCOL,
   type StepRequest,
 } from "./protocol.js";
+import { inputHash, sha256, signReceipt } from "./receipt.js";
 import type { OpenResult, ServerSession, SpanServer, StepOutcome } from "./span-server.js";
 
 const log = logger("swarm:handler");
@@ -46,6 +47,8 @@ export class SpanHandlers {
   constructor(
     private readonly host: SwarmHost,
     private readonly server: SpanServer,
+    /** Signs each result's receipt (the node's libp2p identity key). */
+    private readonly key: PrivateKey,
   ) {}
 
   async register(): Promise<void> {
@@ -131,7 +134,17 @@ export class SpanHandlers {
         // One encoded frame: the result to the client and, when pushing, the next node's step.
         const state = this.links.get(session);
         if (step.push && outcome.hidden && state?.link.next) void this.push(session, state, step, outcome.frame);
-        await reply(encodeResult(outcome.stepId, outcome.frame)).catch((e) =>
+        const { sessionId, start, end } = session.request;
+        const receipt = {
+          sessionId,
+          stepId: outcome.stepId,
+          start,
+          end,
+          inputHash: inputHash({ tokens: step.tokens, hidden: step.hidden?.data }),
+          outputHash: sha256(outcome.frame),
+        };
+        const signature = await signReceipt(this.key, receipt);
+        await reply(encodeResult(outcome.stepId, { inputHash: receipt.inputHash, signature }, outcome.frame)).catch((e) =>
           log("session %s: could not send the result of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
         );
       },

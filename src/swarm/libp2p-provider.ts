@@ -7,10 +7,22 @@ import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import type { Multiaddr } from "@multiformats/multiaddr";
 import type { ForwardInput, ForwardOutput } from "../engine/interface.js";
-import type { Codec } from "../wire/tensor-frame.js";
+import { type Codec, decodeTensor, encodeTensor } from "../wire/tensor-frame.js";
 import { blockHolders, fetchRecord } from "./dht.js";
 import type { SwarmHost } from "./host.js";
-import { decodeMessage, encodeControl, encodeStep, framedStream, Kind, type LinkRequest, type Message, type PushTarget, SPAN_PROTOCOL } from "./protocol.js";
+import {
+  decodeMessage,
+  encodeControl,
+  encodeStep,
+  framedStream,
+  Kind,
+  type LinkRequest,
+  type Message,
+  type PushTarget,
+  SPAN_PROTOCOL,
+  type StepResult,
+} from "./protocol.js";
+import { inputHash, type Receipt, verifyReceipt } from "./receipt.js";
 import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
 import type { BlockRange, RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
@@ -217,6 +229,9 @@ class RemoteSpanStream implements RemoteSpan {
   private readonly lp;
   readonly sessionId = randomBytes(16).toString("hex");
   private inbox: (Uint8Array | Error)[] = [];
+  private received: Receipt[] = [];
+  private verifying: Promise<void> = Promise.resolve();
+  private badReceipt?: string;
   private waiting?: (m: Uint8Array | Error) => void;
 
   private constructor(
@@ -249,14 +264,16 @@ class RemoteSpanStream implements RemoteSpan {
     link: async (link: LinkRequest) => {
       await this.lp.write(encodeControl(Kind.Link, link));
     },
-    pushed: async (stepId: number, count: number, allLogits: boolean, graceMs: number): Promise<ForwardOutput | undefined> => {
+    pushed: async (stepId: number, count: number, allLogits: boolean, graceMs: number, input?: ForwardInput): Promise<ForwardOutput | undefined> => {
+      this.checkReceipts();
       const reply = await this.nextFor(stepId, graceMs);
       if (!reply) return undefined;
-      return this.result(reply, stepId, count, allLogits);
+      return this.result(reply, stepId, count, allLogits, input);
     },
   };
 
   async forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput> {
+    this.checkReceipts();
     const stepId = opts.stepId ?? this.nextStep++;
     if (!input.tokens && !input.hidden) throw new RangeError("a step needs token ids or hidden states");
     const count = input.tokens ? input.tokens.length : (input.hidden?.length ?? 0) / this.opts.hiddenSize;
@@ -266,7 +283,61 @@ class RemoteSpanStream implements RemoteSpan {
     );
     const reply = await this.nextFor(stepId);
     if (!reply) return this.fail("UNREACHABLE", `no answer to step ${stepId}`);
-    return this.result(reply, stepId, count, Boolean(opts.allLogits));
+    return this.result(reply, stepId, count, Boolean(opts.allLogits), input);
+  }
+
+  /** Every step's receipt from this node, in order (evidence of what it computed). */
+  get receipts(): readonly Receipt[] {
+    return this.received;
+  }
+
+  /** A receipt whose signature did not verify fails this node's next step, so the route replaces it. */
+  private checkReceipts(): void {
+    if (this.badReceipt) this.fail("BAD_RECEIPT", this.badReceipt);
+  }
+
+  /**
+   * Admits a result's receipt: it must name the input this client sent (as the node decoded it:
+   * relayed hidden states went through the session's codec; pushed ones are the previous hop's
+   * output as the client decoded it, so either form is accepted) and the output frame received.
+   * Its signature is checked off the critical path; a bad one fails the next step.
+   */
+  private admitReceipt(result: StepResult, input: ForwardInput | undefined): void {
+    const { inputHash: claimed } = result;
+    if (input) {
+      const same = (h: Uint8Array) => Buffer.from(h).equals(Buffer.from(claimed));
+      const asSent = () => {
+        if (!input.hidden || (this.opts.codec ?? "none") === "none") return undefined;
+        const rows = input.hidden.length / this.opts.hiddenSize;
+        return inputHash({ hidden: decodeTensor(encodeTensor(input.hidden, [1, rows, this.opts.hiddenSize], this.opts.codec ?? "none")).data });
+      };
+      if (!same(inputHash(input)) && !same(asSent() ?? new Uint8Array())) {
+        this.fail("BAD_RECEIPT", `the receipt of step ${result.stepId} names an input this client did not send`);
+      }
+    }
+    const receipt: Receipt = {
+      peerId: this.hop.peerId,
+      sessionId: this.sessionId,
+      stepId: result.stepId,
+      start: this.hop.start,
+      end: this.hop.end,
+      inputHash: claimed,
+      outputHash: result.outputHash,
+      signature: result.signature,
+    };
+    this.received.push(receipt);
+    const checked = verifyReceipt(receipt).then((ok) => {
+      if (ok || this.badReceipt) return;
+      this.badReceipt = `the receipt of step ${receipt.stepId} is not signed by ${receipt.peerId}`;
+      log.error("peer %s session %s: %s", this.hop.peerId, this.sessionId, this.badReceipt);
+    });
+    this.verifying = Promise.all([this.verifying, checked]).then(() => undefined);
+  }
+
+  /** Resolves once every receipt received so far has been checked; throws BAD_RECEIPT if one failed. */
+  async settle(): Promise<void> {
+    await this.verifying;
+    this.checkReceipts();
   }
 
   /**
@@ -281,8 +352,9 @@ class RemoteSpanStream implements RemoteSpan {
     }
   }
 
-  private result(reply: Message, stepId: number, count: number, allLogits: boolean): ForwardOutput {
+  private result(reply: Message, stepId: number, count: number, allLogits: boolean, input?: ForwardInput): ForwardOutput {
     if (reply.kind !== Kind.Result || reply.result.stepId !== stepId) this.fail("UNEXPECTED", `expected the result of step ${stepId}`);
+    this.admitReceipt(reply.result, input);
     const { data, shape } = reply.result.tensor;
     const head = this.hop.end === this.opts.numBlocks;
     const [width, rows] = head ? [this.opts.vocabSize, allLogits ? count : 1] : [this.opts.hiddenSize, count];

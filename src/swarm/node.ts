@@ -89,7 +89,7 @@ export class SpanNode {
       await server.release();
       throw e;
     }
-    const handlers = new SpanHandlers(libp2p, server);
+    const handlers = new SpanHandlers(libp2p, server, key);
     const node = new SpanNode(libp2p, server, handlers, opts, key);
     try {
       await handlers.register();

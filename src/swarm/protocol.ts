@@ -6,6 +6,7 @@ import type { Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
 import { decodeTensor, encodeTensor, type Codec, CODECS, type DecodedTensor } from "../wire/tensor-frame.js";
 import { ProtocolError } from "../wire/errors.js";
+import { RECEIPT_BYTES, sha256 } from "./receipt.js";
 
 export const SPAN_PROTOCOL = "/tessera/span/1.0.0";
 /** Node-to-node: a node pushes its output for a session straight to the next node of the route. */
@@ -66,6 +67,11 @@ export interface StepRequest {
 export interface StepResult {
   stepId: number;
   tensor: DecodedTensor;
+  /** The node's receipt: the hash of the input it ran on and its signature (src/swarm/receipt.ts). */
+  inputHash: Uint8Array;
+  signature: Uint8Array;
+  /** sha256 of the tensor frame as received (what the receipt's output hash covers). */
+  outputHash: Uint8Array;
 }
 
 /** What a node announces about itself (signed, in the DHT). */
@@ -139,12 +145,15 @@ export function encodePush(sessionId: string, step: Uint8Array): Uint8Array {
   return out;
 }
 
-/** A result message around an encoded tensor frame (encodeTensor). */
-export function encodeResult(stepId: number, frame: Uint8Array): Uint8Array {
-  const out = new Uint8Array(5 + frame.byteLength);
+/** A result message: kind, u32 step id, the receipt (32-byte input hash, 64-byte signature), then the encoded tensor frame. */
+export function encodeResult(stepId: number, receipt: { inputHash: Uint8Array; signature: Uint8Array }, frame: Uint8Array): Uint8Array {
+  if (receipt.inputHash.byteLength !== 32 || receipt.signature.byteLength !== 64) throw new RangeError("a receipt is a 32-byte hash and a 64-byte signature");
+  const out = new Uint8Array(5 + RECEIPT_BYTES + frame.byteLength);
   out[0] = Kind.Result;
   new DataView(out.buffer).setUint32(1, stepId, true);
-  out.set(frame, 5);
+  out.set(receipt.inputHash, 5);
+  out.set(receipt.signature, 37);
+  out.set(frame, 5 + RECEIPT_BYTES);
   return out;
 }
 
@@ -231,9 +240,14 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
       return { kind, step };
     }
     case Kind.Result: {
-      if (body.byteLength < 4) throw new ProtocolError("BAD_LENGTH", "result shorter than its header");
+      if (body.byteLength < 4 + RECEIPT_BYTES) throw new ProtocolError("BAD_LENGTH", "result shorter than its header and receipt");
       const stepId = new DataView(body.buffer, body.byteOffset, 4).getUint32(0, true);
-      return { kind, result: { stepId, tensor: decodeTensor(body.subarray(4), { maxElements }) } };
+      const frame = body.subarray(4 + RECEIPT_BYTES);
+      const tensor = decodeTensor(frame, { maxElements });
+      return {
+        kind,
+        result: { stepId, tensor, inputHash: body.slice(4, 36), signature: body.slice(36, 4 + RECEIPT_BYTES), outputHash: sha256(frame) },
+      };
     }
     default:
       throw new ProtocolError("BAD_CODEC", `unknown message kind ${kind}`);

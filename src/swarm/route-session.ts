@@ -9,6 +9,7 @@ import { type Hop, MissingBlocksError, type SpanRecord } from "./records.js";
 import { CHAIN_MIN_GAIN_S, chainingGain, maxThroughputRoute, minLatencyRoute } from "./routing.js";
 import type { LinkRequest, PushTarget } from "./protocol.js";
 import { errorMessage, logger } from "../log.js";
+import type { Receipt } from "./receipt.js";
 
 const log = logger("swarm:route");
 
@@ -32,9 +33,16 @@ export interface RemoteSpan {
     /** How the previous node reaches this session. */
     target(): PushTarget;
     link(link: LinkRequest): Promise<void>;
-    /** The result of a step pushed here by the previous node, or undefined if none came within `graceMs`. */
-    pushed(stepId: number, tokens: number, allLogits: boolean, graceMs: number): Promise<ForwardOutput | undefined>;
+    /**
+     * The result of a step pushed here by the previous node, or undefined if none came within
+     * `graceMs`; `input` is the previous hop's output as the client received it (for the receipt).
+     */
+    pushed(stepId: number, tokens: number, allLogits: boolean, graceMs: number, input?: ForwardInput): Promise<ForwardOutput | undefined>;
   };
+  /** The node's signed receipts of the steps it ran, where the transport has them. */
+  readonly receipts?: readonly Receipt[];
+  /** Resolves once the receipts received so far are checked; rejects (BAD_RECEIPT) if one is not the node's. */
+  settle?(): Promise<void>;
 }
 
 /** Blocks [start, end). */
@@ -139,6 +147,8 @@ function describe(live: LiveHop): string {
 }
 
 export class RouteSession implements LogitsSession {
+  /** Receipts of hops no longer on the route (failed, replaced or closed). */
+  private retiredReceipts: Receipt[] = [];
   private hops: LiveHop[] = [];
   private position = 0;
   private stepCounter = 0;
@@ -170,12 +180,37 @@ export class RouteSession implements LogitsSession {
     return this.opts.maxLength;
   }
 
+  /** Every signed receipt this session received, from hops on the route and hops it left (the evidence of who computed what). */
+  get receipts(): Receipt[] {
+    return [...this.retiredReceipts, ...this.hops.flatMap((h) => h.span.receipts ?? [])];
+  }
+
   /** The current route, for display. */
   get route(): Hop[] {
     return this.hops.map((h) => ({ ...h.hop }));
   }
 
+  /**
+   * Runs a step through the route and returns its logits once every hop's receipt for it is
+   * checked. A hop whose receipt is not its own is treated as a failed node: the step is rolled
+   * back everywhere, the hop is banned and replaced (replaying its history), and the step runs again.
+   */
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
+    const maxRetries = this.opts.maxRetries ?? 8;
+    for (let attempt = 0; ; attempt++) {
+      const logits = await this.appendOnce(tokens, opts);
+      const settled = await Promise.allSettled(this.hops.map((h) => h.span.settle?.()));
+      const bad = settled.findIndex((s) => s.status === "rejected");
+      if (bad < 0) return logits;
+      const error = (settled[bad] as PromiseRejectedResult).reason as Error;
+      if (attempt >= maxRetries) throw error;
+      log("%s: %s; rolling the step back and replacing the hop", describe(this.hopAt(bad)), errorMessage(error));
+      this.truncate(this.position - tokens.length);
+      await this.replace(bad, error);
+    }
+  }
+
+  private async appendOnce(tokens: readonly number[], opts: { allLogits?: boolean }): Promise<Float32Array> {
     const chained = this.chaining;
     const route: RouteStep = { id: ++this.stepCounter, allLogits: Boolean(opts.allLogits), chained, pushing: chained };
     let input: ForwardInput = { tokens: [...tokens] };
@@ -236,6 +271,7 @@ export class RouteSession implements LogitsSession {
 
   /** Closes a hop's session, logging (not throwing) when the node is gone already. */
   private closeSpan(live: LiveHop, why: string): void {
+    if (live.span.receipts) this.retiredReceipts.push(...live.span.receipts);
     void live.span.close().catch((e: unknown) => log.trace("%s: close (%s) failed: %s", describe(live), why, errorMessage(e)));
   }
 
@@ -292,7 +328,7 @@ export class RouteSession implements LogitsSession {
     const graceMs = decode ? pushGrace(this.pushLatencyMs.get(peer), cap) : cap;
     const t0 = performance.now();
     try {
-      const output = await live.span.chain?.pushed(route.id, step.tokens, route.allLogits, graceMs);
+      const output = await live.span.chain?.pushed(route.id, step.tokens, route.allLogits, graceMs, step.input);
       if (output) {
         if (decode) {
           const ms = performance.now() - t0;

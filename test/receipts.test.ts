@@ -1,0 +1,195 @@
+// Step receipts: every result carries the node's signature over (session, step, span, input hash,
+// output hash). Honest nodes' receipts verify and chain hop to hop; a node whose receipt is not
+// its own, or names an input the client did not send, is failed over like a dead one.
+import "../src/swarm/node20.js";
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { lpStream } from "@libp2p/utils";
+import type { Libp2p } from "libp2p";
+import { LocalPipeline } from "../src/engine/pipeline.js";
+import { servedCheckpoint } from "../src/engine/runtime.js";
+import { argmax } from "../src/engine/sampling.js";
+import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
+import { announce } from "../src/swarm/dht.js";
+import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
+import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
+import { SpanNode } from "../src/swarm/node.js";
+import { decodeMessage, encodeControl, encodeResult, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
+import { inputHash, type ReceiptFields, sha256, signReceipt, verifyReceipt } from "../src/swarm/receipt.js";
+import { RouteSession } from "../src/swarm/route-session.js";
+import { signRecord } from "../src/swarm/signed-record.js";
+import { encodeTensor } from "../src/wire/tensor-frame.js";
+import { hfModel, sampleTokens } from "./support/fixtures.js";
+import { permissiveDhtHost } from "./support/rogue.js";
+
+let checkpoint: Checkpoint;
+let nodes: SpanNode[] = [];
+let client: SwarmHost;
+const MODEL = "receipts";
+
+before(async () => {
+  checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
+  const model = await servedCheckpoint(checkpoint, { maxSequence: 64 });
+  const first = await SpanNode.start({ model, modelId: MODEL, start: 0, end: 2, maxSessionLength: 64 });
+  const bootstrap = [first.addresses[0]!];
+  nodes = [first, await SpanNode.start({ model, modelId: MODEL, start: 2, end: 4, maxSessionLength: 64, bootstrap })];
+  client = await createSwarmHost({ role: "client" });
+  await joinSwarm(client, bootstrap);
+});
+
+after(async () => {
+  await client.stop();
+  for (const n of nodes) await n.stop();
+});
+
+function provider(stepTimeoutMs = 10_000) {
+  const c = checkpoint.config;
+  return new Libp2pSpanProvider(client, { modelId: MODEL, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers, stepTimeoutMs });
+}
+
+async function greedy(session: { append(t: number[]): Promise<Float32Array> }, prompt: number[], count: number): Promise<number[]> {
+  let logits = await session.append(prompt);
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    out.push(argmax(logits));
+    logits = await session.append([out.at(-1)!]);
+  }
+  return out;
+}
+
+test("a receipt verifies only over exactly the fields its node signed", async () => {
+  const key = await generateKeyPair("Ed25519");
+  const peerId = peerIdFromPrivateKey(key).toString();
+  const fields: ReceiptFields = {
+    sessionId: "ab".repeat(16),
+    stepId: 7,
+    start: 2,
+    end: 4,
+    inputHash: sha256(Uint8Array.of(1)),
+    outputHash: sha256(Uint8Array.of(2)),
+  };
+  const receipt = { ...fields, peerId, signature: await signReceipt(key, fields) };
+  assert.equal(await verifyReceipt(receipt), true);
+  assert.equal(await verifyReceipt({ ...receipt, stepId: 8 }), false, "another step");
+  assert.equal(await verifyReceipt({ ...receipt, end: 3 }), false, "another span");
+  assert.equal(await verifyReceipt({ ...receipt, outputHash: sha256(Uint8Array.of(3)) }), false, "another output");
+  const other = peerIdFromPrivateKey(await generateKeyPair("Ed25519")).toString();
+  assert.equal(await verifyReceipt({ ...receipt, peerId: other }), false, "signed by someone else");
+});
+
+test("every step through honest nodes comes with a verified receipt per hop, and hop i+1 ran on hop i's output", async () => {
+  const session = await RouteSession.open(provider(), { numBlocks: 4, maxLength: 32 });
+  await greedy(session, sampleTokens(5, 512, 3), 4);
+  const receipts = session.receipts;
+  assert.equal(receipts.length, 2 * 5, "5 steps × 2 hops");
+  for (const r of receipts) assert.equal(await verifyReceipt(r), true, `step ${r.stepId} of ${r.peerId}`);
+  const byHop = (start: number) => receipts.filter((r) => r.start === start);
+  assert.deepEqual(
+    byHop(0).map((r) => r.peerId),
+    Array(5).fill(nodes[0]!.info().peerId),
+  );
+  const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+  assert.equal(hex(byHop(0)[0]!.inputHash), hex(inputHash({ tokens: sampleTokens(5, 512, 3) })), "the first hop names the prompt's token ids");
+  session.close();
+});
+
+/** A rogue that announces [0, 4) as fastest and answers steps with plausible logits and a receipt that is not its own (or names another input). */
+async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
+  const key = await generateKeyPair("Ed25519");
+  const rogue = await permissiveDhtHost(key);
+  await joinSwarm(rogue as unknown as SwarmHost, [nodes[0]!.addresses[0]!]);
+  const peerId = rogue.peerId.toString();
+  const info = {
+    peerId,
+    state: "online" as const,
+    modelId: MODEL,
+    checkpointHash: "x",
+    numBlocks: 4,
+    start: 0,
+    end: 4,
+    inferenceRps: 1e6,
+    forwardRps: 1e6,
+    cacheTokensLeft: 1e9,
+    nextPings: {},
+    linkMbps: 0,
+    version: "x",
+  };
+  await announce(rogue.services.dht, await signRecord(key, info, Date.now()), peerId, MODEL, [0, 1, 2, 3]).catch((e: Error) => assert.ok(e instanceof Error));
+  const vocab = checkpoint.config.vocabSize;
+  await rogue.handle(SPAN_PROTOCOL, async (stream) => {
+    const lp = lpStream(stream);
+    const open = decodeMessage((await lp.read()).subarray());
+    await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
+    const sessionId = open.kind === Kind.Open ? open.open.sessionId : undefined;
+    for (;;) {
+      let message;
+      try {
+        message = decodeMessage((await lp.read()).subarray());
+      } catch (e) {
+        assert.ok(e instanceof Error); // the client closed the stream
+        return;
+      }
+      if (message.kind !== Kind.Step) continue;
+      const frame = encodeTensor(new Float32Array(vocab).fill(0.5), [1, 1, vocab], "none");
+      const fields: ReceiptFields = {
+        sessionId,
+        stepId: message.step.stepId,
+        start: 0,
+        end: 4,
+        inputHash: lie === "input" ? sha256(Uint8Array.of(9)) : inputHash({ tokens: message.step.tokens }),
+        outputHash: sha256(frame),
+      };
+      const signer = lie === "signature" ? await generateKeyPair("Ed25519") : key;
+      await lp.write(encodeResult(message.step.stepId, { inputHash: fields.inputHash, signature: await signReceipt(signer, fields) }, frame));
+    }
+  });
+  return rogue;
+}
+
+for (const lie of ["signature", "input"] as const) {
+  test(`a node whose receipt ${lie === "signature" ? "is not signed by it" : "names an input the client did not send"} is failed over, and the tokens are the honest ones`, async () => {
+    const prompt = sampleTokens(6, 512, 11);
+    const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
+    const expected = await greedy(local.openSession(32), prompt, 5);
+    await local.release();
+    const rogue = await lyingNode(lie);
+    try {
+      const failovers: { peerId: string; error: string }[] = [];
+      // The rogue's provider records may take a moment to reach the DHT: route once they are found.
+      const inner = provider();
+      const rogueId = rogue.peerId.toString();
+      let first = true;
+      const withRogue = Object.assign(Object.create(inner) as Libp2pSpanProvider, {
+        records: async (range?: { start: number; end: number }) => {
+          for (let tries = 0; ; tries++) {
+            const found = await inner.records(range);
+            if (!first || found.some((r) => r.peerId === rogueId) || tries >= 50) {
+              first = false;
+              return found;
+            }
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        },
+      });
+      const session = await RouteSession.open(withRogue, {
+        numBlocks: 4,
+        maxLength: 32,
+        onFailover: (e) => failovers.push({ peerId: e.peerId, error: e.error.message }),
+      });
+      assert.equal(session.route[0]!.peerId, rogue.peerId.toString(), "the liar looks fastest");
+      assert.deepEqual(await greedy(session, prompt, 5), expected);
+      assert.equal(
+        failovers[0]?.peerId,
+        rogue.peerId.toString(),
+        JSON.stringify({ failovers, rogue: rogue.peerId.toString(), nodes: nodes.map((n) => n.info().peerId) }),
+      );
+      assert.match(failovers[0]?.error ?? "", /BAD_RECEIPT/);
+      assert.ok(!session.route.some((h) => h.peerId === rogue.peerId.toString()));
+      session.close();
+    } finally {
+      await rogue.stop();
+    }
+  });
+}
