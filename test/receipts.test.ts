@@ -17,7 +17,7 @@ import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { decodeMessage, encodeControl, encodeResult, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
-import { inputHash, type ReceiptFields, sha256, signReceipt, verifyReceipt } from "../src/swarm/receipt.js";
+import { inputHash, type Receipt, ReceiptChain, type ReceiptFields, SIGN_EVERY, sha256, signedAt, signHead, verifyReceipts } from "../src/swarm/receipt.js";
 import { RouteSession } from "../src/swarm/route-session.js";
 import { signRecord } from "../src/swarm/signed-record.js";
 import { encodeTensor } from "../src/wire/tensor-frame.js";
@@ -59,24 +59,41 @@ async function greedy(session: { append(t: number[]): Promise<Float32Array> }, p
   return out;
 }
 
-test("a receipt verifies only over exactly the fields its node signed", async () => {
-  const key = await generateKeyPair("Ed25519");
+/** A node's receipts for `count` steps, folded and signed as a node does. */
+async function nodeReceipts(key: Awaited<ReturnType<typeof generateKeyPair>>, count: number): Promise<Receipt[]> {
   const peerId = peerIdFromPrivateKey(key).toString();
-  const fields: ReceiptFields = {
-    sessionId: "ab".repeat(16),
-    stepId: 7,
-    start: 2,
-    end: 4,
-    inputHash: sha256(Uint8Array.of(1)),
-    outputHash: sha256(Uint8Array.of(2)),
-  };
-  const receipt = { ...fields, peerId, signature: await signReceipt(key, fields) };
-  assert.equal(await verifyReceipt(receipt), true);
-  assert.equal(await verifyReceipt({ ...receipt, stepId: 8 }), false, "another step");
-  assert.equal(await verifyReceipt({ ...receipt, end: 3 }), false, "another span");
-  assert.equal(await verifyReceipt({ ...receipt, outputHash: sha256(Uint8Array.of(3)) }), false, "another output");
-  const other = peerIdFromPrivateKey(await generateKeyPair("Ed25519")).toString();
-  assert.equal(await verifyReceipt({ ...receipt, peerId: other }), false, "signed by someone else");
+  const chain = new ReceiptChain();
+  const out: Receipt[] = [];
+  for (let i = 1; i <= count; i++) {
+    const fields: ReceiptFields = {
+      sessionId: "ab".repeat(16),
+      stepId: i,
+      start: 2,
+      end: 4,
+      inputHash: sha256(Uint8Array.of(i)),
+      outputHash: sha256(Uint8Array.of(i, 1)),
+    };
+    const chainHead = chain.fold(fields);
+    out.push({ ...fields, peerId, chainHead, ...(signedAt(chain.count) ? { signature: await signHead(key, chainHead) } : {}) });
+  }
+  return out;
+}
+
+test("receipts fold into a chain the node signs every SIGN_EVERY steps; altering any step, or another signer, breaks it", async () => {
+  const key = await generateKeyPair("Ed25519");
+  const receipts = await nodeReceipts(key, 2 * SIGN_EVERY + 1);
+  assert.deepEqual(
+    receipts.flatMap((r, i) => (r.signature ? [i + 1] : [])),
+    [1, 1 + SIGN_EVERY, 1 + 2 * SIGN_EVERY],
+  );
+  assert.equal(await verifyReceipts(receipts), undefined);
+  const altered = receipts.map((r, i) => (i === 5 ? { ...r, outputHash: sha256(Uint8Array.of(99)) } : r));
+  assert.match((await verifyReceipts(altered)) ?? "", /step 6: the chain does not fold/);
+  const other = await nodeReceipts(await generateKeyPair("Ed25519"), 2 * SIGN_EVERY + 1);
+  const forged = receipts.map((r, i) => (i === SIGN_EVERY ? { ...r, signature: other[i]!.signature } : r));
+  assert.match((await verifyReceipts(forged)) ?? "", /the signature is not/);
+  const unsigned = receipts.map((r, i) => (i === 0 ? { ...r, signature: undefined } : r));
+  assert.match((await verifyReceipts(unsigned)) ?? "", /did not sign where it must/);
 });
 
 test("every step through honest nodes comes with a verified receipt per hop, and hop i+1 ran on hop i's output", async () => {
@@ -84,7 +101,8 @@ test("every step through honest nodes comes with a verified receipt per hop, and
   await greedy(session, sampleTokens(5, 512, 3), 4);
   const receipts = session.receipts;
   assert.equal(receipts.length, 2 * 5, "5 steps × 2 hops");
-  for (const r of receipts) assert.equal(await verifyReceipt(r), true, `step ${r.stepId} of ${r.peerId}`);
+  for (const n of nodes)
+    assert.equal(await verifyReceipts(receipts.filter((r) => r.peerId === n.info().peerId)), undefined, `the receipts of ${n.info().peerId} verify`);
   const byHop = (start: number) => receipts.filter((r) => r.start === start);
   assert.deepEqual(
     byHop(0).map((r) => r.peerId),
@@ -119,6 +137,7 @@ async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
   await announce(rogue.services.dht, await signRecord(key, info, Date.now()), peerId, MODEL, [0, 1, 2, 3]).catch((e: Error) => assert.ok(e instanceof Error));
   const vocab = checkpoint.config.vocabSize;
   await rogue.handle(SPAN_PROTOCOL, async (stream) => {
+    const chain = new ReceiptChain();
     const lp = lpStream(stream);
     const open = decodeMessage((await lp.read()).subarray());
     await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
@@ -142,54 +161,76 @@ async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
         outputHash: sha256(frame),
       };
       const signer = lie === "signature" ? await generateKeyPair("Ed25519") : key;
-      await lp.write(encodeResult(message.step.stepId, { inputHash: fields.inputHash, signature: await signReceipt(signer, fields) }, frame));
+      const head = chain.fold(fields);
+      const signature = signedAt(chain.count) ? await signHead(signer, head) : new Uint8Array(64);
+      await lp.write(encodeResult(message.step.stepId, { inputHash: fields.inputHash, signature }, frame));
     }
   });
   return rogue;
 }
 
-for (const lie of ["signature", "input"] as const) {
-  test(`a node whose receipt ${lie === "signature" ? "is not signed by it" : "names an input the client did not send"} is failed over, and the tokens are the honest ones`, async () => {
-    const prompt = sampleTokens(6, 512, 11);
-    const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
-    const expected = await greedy(local.openSession(32), prompt, 5);
-    await local.release();
-    const rogue = await lyingNode(lie);
-    try {
-      const failovers: { peerId: string; error: string }[] = [];
-      // The rogue's provider records may take a moment to reach the DHT: route once they are found.
-      const inner = provider();
-      const rogueId = rogue.peerId.toString();
-      let first = true;
-      const withRogue = Object.assign(Object.create(inner) as Libp2pSpanProvider, {
-        records: async (range?: { start: number; end: number }) => {
-          for (let tries = 0; ; tries++) {
-            const found = await inner.records(range);
-            if (!first || found.some((r) => r.peerId === rogueId) || tries >= 50) {
-              first = false;
-              return found;
-            }
-            await new Promise((r) => setTimeout(r, 100));
-          }
-        },
-      });
-      const session = await RouteSession.open(withRogue, {
-        numBlocks: 4,
-        maxLength: 32,
-        onFailover: (e) => failovers.push({ peerId: e.peerId, error: e.error.message }),
-      });
-      assert.equal(session.route[0]!.peerId, rogue.peerId.toString(), "the liar looks fastest");
-      assert.deepEqual(await greedy(session, prompt, 5), expected);
-      assert.equal(
-        failovers[0]?.peerId,
-        rogue.peerId.toString(),
-        JSON.stringify({ failovers, rogue: rogue.peerId.toString(), nodes: nodes.map((n) => n.info().peerId) }),
-      );
-      assert.match(failovers[0]?.error ?? "", /BAD_RECEIPT/);
-      assert.ok(!session.route.some((h) => h.peerId === rogue.peerId.toString()));
-      session.close();
-    } finally {
-      await rogue.stop();
-    }
+/** A route session whose first route is sure to include `rogue` (its provider records may take a moment to reach the DHT). */
+async function sessionWith(rogue: Libp2p, failovers: { peerId: string; error: string }[]): Promise<RouteSession> {
+  const inner = provider();
+  const rogueId = rogue.peerId.toString();
+  let first = true;
+  const withRogue = Object.assign(Object.create(inner) as Libp2pSpanProvider, {
+    records: async (range?: { start: number; end: number }) => {
+      for (let tries = 0; ; tries++) {
+        const found = await inner.records(range);
+        if (!first || found.some((r) => r.peerId === rogueId) || tries >= 50) {
+          first = false;
+          return found;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
   });
+  const session = await RouteSession.open(withRogue, {
+    numBlocks: 4,
+    maxLength: 32,
+    onFailover: (e) => failovers.push({ peerId: e.peerId, error: e.error.message }),
+  });
+  assert.equal(session.route[0]!.peerId, rogueId, "the liar looks fastest");
+  return session;
 }
+
+test("a node whose receipt names an input the client did not send is caught on that step and failed over: the tokens are the honest ones", async () => {
+  const prompt = sampleTokens(6, 512, 11);
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
+  const expected = await greedy(local.openSession(32), prompt, 5);
+  await local.release();
+  const rogue = await lyingNode("input");
+  try {
+    const failovers: { peerId: string; error: string }[] = [];
+    const session = await sessionWith(rogue, failovers);
+    assert.deepEqual(await greedy(session, prompt, 5), expected);
+    assert.equal(failovers[0]?.peerId, rogue.peerId.toString());
+    assert.match(failovers[0]?.error ?? "", /BAD_RECEIPT: the receipt of step 1 names an input this client did not send/);
+    assert.ok(!session.route.some((h) => h.peerId === rogue.peerId.toString()));
+    session.close();
+  } finally {
+    await rogue.stop();
+  }
+});
+
+test("a node whose receipts are not signed by it is failed over at its next step and routed around", async () => {
+  const rogue = await lyingNode("signature");
+  try {
+    const failovers: { peerId: string; error: string }[] = [];
+    const session = await sessionWith(rogue, failovers);
+    await session.append(sampleTokens(6, 512, 11)); // answered by the liar: its signature is checked off the critical path
+    await assert.rejects(session.settleReceipts(), /BAD_RECEIPT: the receipt of step 1 is not signed by/);
+    await greedy(session, [7, 8], 3);
+    assert.equal(failovers[0]?.peerId, rogue.peerId.toString());
+    assert.match(failovers[0]?.error ?? "", /BAD_RECEIPT/);
+    assert.ok(!session.route.some((h) => h.peerId === rogue.peerId.toString()));
+    await session.settleReceipts();
+    const honest = session.receipts.filter((r) => r.peerId !== rogue.peerId.toString());
+    for (const n of nodes)
+      assert.equal(await verifyReceipts(honest.filter((r) => r.peerId === n.info().peerId)), undefined, "the honest hops' receipts verify");
+    session.close();
+  } finally {
+    await rogue.stop();
+  }
+});

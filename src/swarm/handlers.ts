@@ -23,7 +23,7 @@ import {
   SPAN_PROTOCOL,
   type StepRequest,
 } from "./protocol.js";
-import { inputHash, sha256, signReceipt } from "./receipt.js";
+import { inputHash, ReceiptChain, sha256, signedAt, signHead } from "./receipt.js";
 import type { OpenResult, ServerSession, SpanServer, StepOutcome } from "./span-server.js";
 
 const log = logger("swarm:handler");
@@ -41,6 +41,8 @@ interface LinkState {
 
 export class SpanHandlers {
   private links = new WeakMap<ServerSession, LinkState>();
+  /** Each session's receipt chain (every result sent on its stream, in order). */
+  private chains = new WeakMap<ServerSession, ReceiptChain>();
   /** Pushes dropped because their session is unknown or was not linked to the pushing peer. */
   readonly stats = { pushesIgnored: 0 };
 
@@ -143,7 +145,10 @@ export class SpanHandlers {
           inputHash: inputHash({ tokens: step.tokens, hidden: step.hidden?.data }),
           outputHash: sha256(outcome.frame),
         };
-        const signature = await signReceipt(this.key, receipt);
+        let chain = this.chains.get(session);
+        if (!chain) this.chains.set(session, (chain = new ReceiptChain()));
+        const head = chain.fold(receipt);
+        const signature = signedAt(chain.count) ? await signHead(this.key, head) : new Uint8Array(64);
         await reply(encodeResult(outcome.stepId, { inputHash: receipt.inputHash, signature }, outcome.frame)).catch((e) =>
           log("session %s: could not send the result of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
         );

@@ -22,7 +22,7 @@ import {
   SPAN_PROTOCOL,
   type StepResult,
 } from "./protocol.js";
-import { inputHash, type Receipt, verifyReceipt } from "./receipt.js";
+import { inputHash, type Receipt, ReceiptChain, signedAt, verifyHead } from "./receipt.js";
 import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
 import type { BlockRange, RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
@@ -230,6 +230,7 @@ class RemoteSpanStream implements RemoteSpan {
   readonly sessionId = randomBytes(16).toString("hex");
   private inbox: (Uint8Array | Error)[] = [];
   private received: Receipt[] = [];
+  private readonly receiptChain = new ReceiptChain();
   private verifying: Promise<void> = Promise.resolve();
   private badReceipt?: string;
   private waiting?: (m: Uint8Array | Error) => void;
@@ -300,7 +301,7 @@ class RemoteSpanStream implements RemoteSpan {
    * Admits a result's receipt: it must name the input this client sent (as the node decoded it:
    * relayed hidden states went through the session's codec; pushed ones are the previous hop's
    * output as the client decoded it, so either form is accepted) and the output frame received.
-   * Its signature is checked off the critical path; a bad one fails the next step.
+   * Its signature is checked on the thread pool, off the critical path; a bad one fails the next step.
    */
   private admitReceipt(result: StepResult, input: ForwardInput | undefined): void {
     const { inputHash: claimed } = result;
@@ -315,21 +316,33 @@ class RemoteSpanStream implements RemoteSpan {
         this.fail("BAD_RECEIPT", `the receipt of step ${result.stepId} names an input this client did not send`);
       }
     }
-    const receipt: Receipt = {
-      peerId: this.hop.peerId,
+    this.foldReceipt(result);
+  }
+
+  /** Folds a result into this session's receipt chain (as the node did) and checks the node's signature where it must sign. */
+  private foldReceipt(result: StepResult): void {
+    const fields = {
       sessionId: this.sessionId,
       stepId: result.stepId,
       start: this.hop.start,
       end: this.hop.end,
-      inputHash: claimed,
+      inputHash: result.inputHash,
       outputHash: result.outputHash,
-      signature: result.signature,
     };
+    const chainHead = this.receiptChain.fold(fields);
+    const mustSign = signedAt(this.receiptChain.count);
+    const signed = result.signature.some((b) => b !== 0);
+    const receipt: Receipt = { ...fields, peerId: this.hop.peerId, chainHead, ...(signed ? { signature: result.signature } : {}) };
     this.received.push(receipt);
-    const checked = verifyReceipt(receipt).then((ok) => {
-      if (ok || this.badReceipt) return;
-      this.badReceipt = `the receipt of step ${receipt.stepId} is not signed by ${receipt.peerId}`;
-      log.error("peer %s session %s: %s", this.hop.peerId, this.sessionId, this.badReceipt);
+    if (!mustSign) return;
+    const bad = (why: string) => {
+      if (this.badReceipt) return;
+      this.badReceipt = why;
+      log.error("peer %s session %s: %s", this.hop.peerId, this.sessionId, why);
+    };
+    if (!signed) return bad(`the receipt of step ${result.stepId} is not signed, and must be`);
+    const checked = verifyHead(this.hop.peerId, chainHead, result.signature).then((ok) => {
+      if (!ok) bad(`the receipt of step ${result.stepId} is not signed by ${this.hop.peerId}`);
     });
     this.verifying = Promise.all([this.verifying, checked]).then(() => undefined);
   }
@@ -348,6 +361,7 @@ class RemoteSpanStream implements RemoteSpan {
     for (;;) {
       const reply = graceMs === undefined ? await this.receive() : await this.receive(graceMs);
       if (!reply || reply.kind !== Kind.Result || reply.result.stepId >= stepId) return reply;
+      this.foldReceipt(reply.result); // the node's chain holds every result it sent
       log.trace("peer %s session %s: dropping the late result of step %d", this.hop.peerId, this.sessionId, reply.result.stepId);
     }
   }

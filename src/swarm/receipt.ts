@@ -1,10 +1,19 @@
-// Step receipts (secure inference, arXiv 2407.19401): every result a node returns carries its
-// Ed25519 signature over (session id, step id, span, hash of the input it ran on, hash of the
-// output frame it sent). A wrong answer is then evidence that names its author: anyone holding
-// the receipt, the input and the node's peer id can check who computed what.
+// Step receipts (secure inference, arXiv 2407.19401): every result a node returns commits to
+// (session id, step id, span, hash of the input it ran on, hash of the output frame it sent), and
+// the node's Ed25519 signature covers those commitments. A wrong answer is then evidence that
+// names its author: anyone holding the receipts, the inputs and the node's peer id can check who
+// computed what.
 //
-//   signed bytes: "tessera-receipt/1\0" | session id (16 bytes, zeros when unnamed) | u32 step |
-//                 u32 start | u32 end | sha256(input) | sha256(output frame)      (little-endian)
+// Signing every step costs ~0.06 ms on the node and ~0.14 ms of verification on the client per
+// hop, a third of a hop's whole overhead on loopback; so, as TOPLOC commits once per 32 tokens,
+// the node folds each step's receipt into a hash chain (head = sha256(head | sha256(receipt)))
+// and signs the head on the 1st, 17th, 33rd… result of a session. The client folds the same
+// chain from what it sent and received, and checks each signature against its own head: a
+// signature over the head commits to every step before it.
+//
+//   receipt bytes: "tessera-receipt/1\0" | session id (16 bytes, zeros when unnamed) | u32 step |
+//                  u32 start | u32 end | sha256(input) | sha256(output frame)      (little-endian)
+//   signed bytes:  "tessera-receipt-chain/1\0" | head
 //   input: token ids as int32, or hidden states as the f32 values the node decoded
 import { createHash, createPublicKey, type KeyObject, verify } from "node:crypto";
 import type { PrivateKey } from "@libp2p/interface";
@@ -26,9 +35,36 @@ export interface ReceiptFields {
 }
 
 export interface Receipt extends ReceiptFields {
-  /** The node that signed it. */
+  /** The node that sent it. */
   peerId: string;
-  signature: Uint8Array;
+  /** The session's receipt chain after this step. */
+  chainHead: Uint8Array;
+  /** The node's signature over `chainHead`, on the steps it signs (SIGN_EVERY). */
+  signature?: Uint8Array;
+}
+
+/** The node signs the chain head on results 1, 1 + SIGN_EVERY, 1 + 2·SIGN_EVERY, … of a session. */
+export const SIGN_EVERY = 16;
+const CHAIN_DOMAIN = new TextEncoder().encode("tessera-receipt-chain/1\0");
+
+/** Whether the `count`-th result of a session (from 1) carries a signature. */
+export function signedAt(count: number): boolean {
+  return count % SIGN_EVERY === 1 % SIGN_EVERY;
+}
+
+/** A session's receipt chain, folded the same way by the node and the client. */
+export class ReceiptChain {
+  head: Uint8Array = new Uint8Array(32);
+  count = 0;
+
+  fold(fields: ReceiptFields): Uint8Array {
+    const h = createHash("sha256");
+    h.update(this.head);
+    h.update(sha256(receiptBytes(fields)));
+    this.head = new Uint8Array(h.digest());
+    this.count++;
+    return this.head;
+  }
 }
 
 export function sha256(bytes: Uint8Array): Uint8Array {
@@ -58,9 +94,16 @@ export function receiptBytes(f: ReceiptFields): Uint8Array {
   return out;
 }
 
-/** The node's signature over a step. */
-export async function signReceipt(key: PrivateKey, f: ReceiptFields): Promise<Uint8Array> {
-  return key.sign(receiptBytes(f));
+/** The node's signature over a chain head. */
+export async function signHead(key: PrivateKey, head: Uint8Array): Promise<Uint8Array> {
+  return key.sign(chainBytes(head));
+}
+
+function chainBytes(head: Uint8Array): Uint8Array {
+  const out = new Uint8Array(CHAIN_DOMAIN.length + 32);
+  out.set(CHAIN_DOMAIN, 0);
+  out.set(head, CHAIN_DOMAIN.length);
+  return out;
 }
 
 const keys = new Map<string, KeyObject | undefined>();
@@ -81,11 +124,27 @@ function keyOf(peerId: string): KeyObject | undefined {
 }
 
 /**
- * Whether `receipt` is signed by the peer it names, over exactly its fields. Checked on libuv's
- * thread pool, so a client verifies one hop's receipt while the next hop computes.
+ * Whether `head` is signed by `peerId`. Checked on libuv's thread pool, so a client verifies one
+ * hop's signature while the next hop computes.
  */
-export function verifyReceipt(receipt: Receipt): Promise<boolean> {
-  const key = keyOf(receipt.peerId);
-  if (!key || receipt.signature.byteLength !== 64) return Promise.resolve(false);
-  return new Promise((resolve) => verify(null, receiptBytes(receipt), key, receipt.signature, (error, ok) => resolve(!error && ok)));
+export function verifyHead(peerId: string, head: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  const key = keyOf(peerId);
+  if (!key || signature.byteLength !== 64) return Promise.resolve(false);
+  return new Promise((resolve) => verify(null, chainBytes(head), key, signature, (error, ok) => resolve(!error && ok)));
+}
+
+/**
+ * Checks a node's receipts of one session as evidence: they must fold into their recorded chain
+ * heads from the start, and every signature must be the named node's over its head. Returns the
+ * reason they fail, or undefined. Receipts after the last signature are not covered yet.
+ */
+export async function verifyReceipts(receipts: readonly Receipt[]): Promise<string | undefined> {
+  const chain = new ReceiptChain();
+  for (const r of receipts) {
+    const head = chain.fold(r);
+    if (!Buffer.from(head).equals(Buffer.from(r.chainHead))) return `step ${r.stepId}: the chain does not fold to its recorded head`;
+    if (r.signature && !(await verifyHead(r.peerId, head, r.signature))) return `step ${r.stepId}: the signature is not ${r.peerId}'s`;
+    if (signedAt(chain.count) && !r.signature) return `step ${r.stepId}: the node did not sign where it must`;
+  }
+  return undefined;
 }

@@ -185,32 +185,22 @@ export class RouteSession implements LogitsSession {
     return [...this.retiredReceipts, ...this.hops.flatMap((h) => h.span.receipts ?? [])];
   }
 
+  /**
+   * Waits until the current hops' receipts are checked; rejects with the first hop whose receipts
+   * are not its own. Steps do not wait for this: a signature attributes an output, it does not
+   * make it right (that is verification's job), so signatures are checked off the critical path
+   * and a bad one fails that node's next step, which re-routes around it.
+   */
+  async settleReceipts(): Promise<void> {
+    await Promise.all(this.hops.map((h) => h.span.settle?.()));
+  }
+
   /** The current route, for display. */
   get route(): Hop[] {
     return this.hops.map((h) => ({ ...h.hop }));
   }
 
-  /**
-   * Runs a step through the route and returns its logits once every hop's receipt for it is
-   * checked. A hop whose receipt is not its own is treated as a failed node: the step is rolled
-   * back everywhere, the hop is banned and replaced (replaying its history), and the step runs again.
-   */
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
-    const maxRetries = this.opts.maxRetries ?? 8;
-    for (let attempt = 0; ; attempt++) {
-      const logits = await this.appendOnce(tokens, opts);
-      const settled = await Promise.allSettled(this.hops.map((h) => h.span.settle?.()));
-      const bad = settled.findIndex((s) => s.status === "rejected");
-      if (bad < 0) return logits;
-      const error = (settled[bad] as PromiseRejectedResult).reason as Error;
-      if (attempt >= maxRetries) throw error;
-      log("%s: %s; rolling the step back and replacing the hop", describe(this.hopAt(bad)), errorMessage(error));
-      this.truncate(this.position - tokens.length);
-      await this.replace(bad, error);
-    }
-  }
-
-  private async appendOnce(tokens: readonly number[], opts: { allLogits?: boolean }): Promise<Float32Array> {
     const chained = this.chaining;
     const route: RouteStep = { id: ++this.stepCounter, allLogits: Boolean(opts.allLogits), chained, pushing: chained };
     let input: ForwardInput = { tokens: [...tokens] };
