@@ -22,7 +22,7 @@ import { RouteSession } from "../src/swarm/route-session.js";
 import { signRecord } from "../src/swarm/signed-record.js";
 import { encodeTensor } from "../src/wire/tensor-frame.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
-import { permissiveDhtHost } from "./support/rogue.js";
+import { boastfulInfo, permissiveDhtHost } from "./support/rogue.js";
 
 let checkpoint: Checkpoint;
 let nodes: SpanNode[] = [];
@@ -119,21 +119,8 @@ async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
   const rogue = await permissiveDhtHost(key);
   await joinSwarm(rogue as unknown as SwarmHost, [nodes[0]!.addresses[0]!]);
   const peerId = rogue.peerId.toString();
-  const info = {
-    peerId,
-    state: "online" as const,
-    modelId: MODEL,
-    checkpointHash: "x",
-    numBlocks: 4,
-    start: 0,
-    end: 4,
-    inferenceRps: 1e6,
-    forwardRps: 1e6,
-    cacheTokensLeft: 1e9,
-    nextPings: {},
-    linkMbps: 0,
-    version: "x",
-  };
+  const info = boastfulInfo(peerId, MODEL);
+
   await announce(rogue.services.dht, await signRecord(key, info, Date.now()), peerId, MODEL, [0, 1, 2, 3]).catch((e: Error) => assert.ok(e instanceof Error));
   const vocab = checkpoint.config.vocabSize;
   await rogue.handle(SPAN_PROTOCOL, async (stream) => {

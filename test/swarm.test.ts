@@ -22,7 +22,7 @@ import { RouteSession } from "../src/swarm/route-session.js";
 import type { NodeInfo } from "../src/swarm/protocol.js";
 import { type SignedRecord, signRecord } from "../src/swarm/signed-record.js";
 import { hfModel, sampleTokens } from "./support/fixtures.js";
-import { permissiveDhtHost } from "./support/rogue.js";
+import { boastfulInfo, permissiveDhtHost } from "./support/rogue.js";
 
 let checkpoint: Checkpoint;
 let model: ServedModel;
@@ -78,22 +78,7 @@ function provider(
   });
 }
 
-const infoOf = (peerId: string, span: Partial<NodeInfo> = {}): NodeInfo => ({
-  peerId,
-  state: "online",
-  modelId: "tiny-llama",
-  checkpointHash: "x",
-  numBlocks: 4,
-  start: 0,
-  end: 4,
-  inferenceRps: 1e6,
-  forwardRps: 1e6,
-  cacheTokensLeft: 1e9,
-  nextPings: {},
-  linkMbps: 0,
-  version: "x",
-  ...span,
-});
+const infoOf = (peerId: string, span: Partial<NodeInfo> = {}): NodeInfo => boastfulInfo(peerId, "tiny-llama", span);
 
 /**
  * A peer that joins the swarm's DHT with a validator that accepts anything, so it can hold and

@@ -9,6 +9,7 @@ import { ping } from "@libp2p/ping";
 import { tcp } from "@libp2p/tcp";
 import { createLibp2p } from "libp2p";
 import { DHT_PROTOCOL } from "../../src/swarm/dht.js";
+import type { NodeInfo } from "../../src/swarm/protocol.js";
 
 export function permissiveDhtHost(key: PrivateKey) {
   return createLibp2p({
@@ -30,4 +31,24 @@ export function permissiveDhtHost(key: PrivateKey) {
       }),
     },
   });
+}
+
+/** A record claiming all 4 blocks of a model at a throughput no honest node reaches (what a rogue announces to be routed through). */
+export function boastfulInfo(peerId: string, modelId: string, span: Partial<NodeInfo> = {}): NodeInfo {
+  return {
+    peerId,
+    state: "online",
+    modelId,
+    checkpointHash: "x",
+    numBlocks: 4,
+    start: 0,
+    end: 4,
+    inferenceRps: 1e6,
+    forwardRps: 1e6,
+    cacheTokensLeft: 1e9,
+    nextPings: {},
+    linkMbps: 0,
+    version: "x",
+    ...span,
+  };
 }
