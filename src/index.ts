@@ -57,6 +57,20 @@ export {
 export { type SignedRecord, signRecord, verifyRecord } from "./swarm/signed-record.js";
 export { ALLOC_PENALTY_S, CHAIN_MIN_GAIN_S, chainingGain, HOP_OVERHEAD_S, maxThroughputRoute, minLatencyRoute, type RouteRequest } from "./swarm/routing.js";
 
+export { type Receipt, type ReceiptFields, SIGN_EVERY, verifyReceipts } from "./swarm/receipt.js";
+
+// verify: checking nodes' work
+export {
+  buildManifest,
+  checkedModel,
+  checkSpan,
+  defaultManifestPath,
+  ManifestError,
+  type ModelManifest,
+  readManifest,
+  writeManifest,
+} from "./verify/manifest.js";
+
 // ee: equivariant encryption (keys, encrypting a checkpoint, the client-side cipher, manifests)
 export { EncryptedSession, VocabCipher } from "./ee/cipher.js";
 export { encryptModel, type EncryptModelOptions, type EncryptModelResult } from "./ee/encrypt-model.js";
