@@ -90,4 +90,4 @@ export {
 export { type EeManifest, MANIFEST_FILE_NAME, manifestFileFor, readManifestFor } from "./ee/manifest.js";
 
 // logging
-export { errorMessage, LOG_LEVELS, type Logger, type LogLevel, logger, logging, setLogLevel } from "./log.js";
+export { errorMessage, LOG_LEVELS, type Logger, type LogLevel, logger, setLogLevel } from "./log.js";

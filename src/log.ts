@@ -3,7 +3,7 @@
 // `setLogLevel` is what `tessera node --log-level` calls. Loggers are created on first use, so a
 // level set after the modules were imported (the CLI parses its flags after import) still applies,
 // trace included.
-import { enable, enabled, logger as libp2pLogger, type Logger } from "@libp2p/logger";
+import { enable, logger as libp2pLogger, type Logger } from "@libp2p/logger";
 
 export type { Logger };
 
@@ -30,11 +30,6 @@ export function setLogLevel(level: LogLevel): void {
   const current = process.env.DEBUG ? [process.env.DEBUG] : [];
   const wanted = { silent: [], error: ["tessera:*:error"], info: ["tessera:*", "-tessera:*:trace"], trace: ["tessera:*"] }[level];
   enable([...current, ...wanted].join(","));
-}
-
-/** Whether `tessera:<name>` is being logged (to skip building expensive log lines). */
-export function logging(name: string): boolean {
-  return enabled(`tessera:${name}`);
 }
 
 /** The message of anything thrown, for log lines and error replies. */

@@ -1,14 +1,11 @@
 // The `tessera` command as a user runs it.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { test } from "node:test";
-import { promisify } from "node:util";
 import { workDir } from "./support/fixtures.js";
-import { cliArgs } from "./support/cli.js";
+import { tessera as runTessera } from "./support/cli.js";
 
-const run = promisify(execFile);
-const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
+const tessera = (...args: string[]) => runTessera(args, { timeout: 120_000 });
 
 test("make-test-model then generate: streams text, and --json reports tokens and timings", async () => {
   const dir = join(workDir, "cli-llama");

@@ -3,10 +3,9 @@
 // nodes only ever see cipher ids (the first) or hidden states (the others).
 import "../src/swarm/node20.js";
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { promisify } from "node:util";
 import { EncryptedSession, VocabCipher } from "../src/ee/cipher.js";
 import { encryptModel, type EncryptModelResult } from "../src/ee/encrypt-model.js";
 import { deploymentId, type EeKey, newKey, ropeLayoutOf, vocabHash, writeKeyFile } from "../src/ee/key.js";
@@ -24,10 +23,9 @@ import { spawnNode } from "../src/swarm/node-process.js";
 import type { ServerStep } from "../src/swarm/span-server.js";
 import { MissingBlocksError } from "../src/swarm/records.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
-import { cliArgs } from "./support/cli.js";
+import { tessera as runTessera } from "./support/cli.js";
 
-const run = promisify(execFile);
-const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 60_000 });
+const tessera = (...args: string[]) => runTessera(args, { timeout: 60_000 });
 
 let plainPath: string;
 let plain: Checkpoint;

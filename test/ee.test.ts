@@ -3,11 +3,9 @@
 // at L1) in HF and GGUF form; deliberately wrong transforms break it; no key bytes or tokenizer
 // leave with the encrypted model.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { promisify } from "node:util";
 import { EncryptedSession, VocabCipher } from "../src/ee/cipher.js";
 import { encryptModel, type EncryptModelResult } from "../src/ee/encrypt-model.js";
 import {
@@ -34,7 +32,7 @@ import { readGguf } from "../src/model/gguf.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens, workDir } from "./support/fixtures.js";
-import { cliArgs } from "./support/cli.js";
+import { tessera as runTessera } from "./support/cli.js";
 
 const SECRET = new Uint8Array(32).map((_, i) => (i * 29 + 7) & 0xff);
 const HASH = "ab".repeat(32);
@@ -358,8 +356,7 @@ describe("what leaves with the encrypted model", () => {
   });
 
   test("tessera encrypt-model creates a key once, then refuses it for another level or checkpoint", async () => {
-    const run = promisify(execFile);
-    const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
+    const tessera = (...args: string[]) => runTessera(args, { timeout: 120_000 });
     const model = await hfModel("tiny-llama");
     const keyFile = join(workDir, "cli.key");
     const made = await tessera("encrypt-model", "-m", model, "--key", keyFile, "--level", "L0", "-o", join(workDir, "cli-l0"));

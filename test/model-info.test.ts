@@ -2,11 +2,9 @@
 // that holds no weights and from a GGUF file whose tensor data is gone; and the CLI's swarm
 // commands run from such a folder.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { test } from "node:test";
-import { promisify } from "node:util";
 import { MANIFEST_FILE_NAME } from "../src/ee/manifest.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { readGguf } from "../src/model/gguf.js";
@@ -16,11 +14,10 @@ import { CheckpointError } from "../src/model/types.js";
 import { defaultModelId, modelIdFor } from "../src/swarm/model-id.js";
 import { spawnNode, stopNode } from "../src/swarm/node-process.js";
 import { ggufModel, hfModel, workDir } from "./support/fixtures.js";
-import { cliArgs } from "./support/cli.js";
+import { tessera as runTessera } from "./support/cli.js";
 
 const TEXT = "In the beginning God created the heaven and the earth.";
-const run = promisify(execFile);
-const tessera = (...args: string[]) => run(process.execPath, cliArgs(...args), { env: process.env, timeout: 120_000 });
+const tessera = (...args: string[]) => runTessera(args, { timeout: 120_000 });
 
 /** A folder named like `full` (so it has the same default model id) holding only its client files. */
 async function weightlessCopy(full: string, extra: string[] = []): Promise<string> {

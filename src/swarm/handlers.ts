@@ -30,19 +30,20 @@ const log = logger("swarm:handler");
 
 type Send = (bytes: Uint8Array) => Promise<void>;
 
-/** A session's chaining state: where its outputs go, and who may push into it. */
-interface LinkState {
+/** What the handlers keep per session: where its results and outputs go, who may push into it, its receipts. */
+interface SessionState {
+  /** Where to push outputs, and which peer may push into the session. */
   link: LinkRequest;
   /** Writes to the client's stream (results of steps from the client or pushed by the previous node). */
   reply: Send;
   /** Stream to the next node for pushes, opened on first use. */
   pushTo?: Promise<Send>;
+  /** The receipt chain of every result sent on the session's stream, in order. */
+  chain: ReceiptChain;
 }
 
 export class SpanHandlers {
-  private links = new WeakMap<ServerSession, LinkState>();
-  /** Each session's receipt chain (every result sent on its stream, in order). */
-  private chains = new WeakMap<ServerSession, ReceiptChain>();
+  private states = new WeakMap<ServerSession, SessionState>();
   /** Pushes dropped because their session is unknown or was not linked to the pushing peer. */
   readonly stats = { pushesIgnored: 0 };
 
@@ -99,16 +100,18 @@ export class SpanHandlers {
           }
           if (!opened.ok) return await fail(opened.code, opened.message);
           session = opened.session;
-          this.links.set(session, { link: {}, reply: send });
+          this.states.set(session, { link: {}, reply: send, chain: new ReceiptChain() });
           await send(encodeControl(Kind.Opened, { start: session.request.start, end: session.request.end }));
         } else if (message.kind === Kind.Step) {
           if (!session) return await fail("NOT_OPEN", "send an open message first");
           if (!session.open) return; // closed for idleness meanwhile; its owner was told
-          await this.runStep(session, message.step, send);
+          await this.runStep(session, message.step);
         } else if (message.kind === Kind.Link) {
           if (!session) return await fail("NOT_OPEN", "send an open message first");
           if (!session.request.sessionId) return await fail("BAD_STEP", "linking needs a session opened with a sessionId");
-          this.links.set(session, { link: message.link, reply: send });
+          const state = this.stateOf(session);
+          state.link = message.link;
+          state.pushTo = undefined;
           log.trace("session %s linked: next %s, prev %s", session.label, message.link.next?.peerId ?? "none", message.link.prev ?? "none");
         } else {
           return await fail("UNEXPECTED", `message kind ${message.kind} is not for nodes`);
@@ -121,7 +124,9 @@ export class SpanHandlers {
   }
 
   /** Runs a step (from the client, or pushed); its result goes to the client and, for a pushed route, its output to the next node. */
-  private runStep(session: ServerSession, step: StepRequest, reply: Send, pushed = false): Promise<void> {
+  private runStep(session: ServerSession, step: StepRequest, pushed = false): Promise<void> {
+    const state = this.stateOf(session);
+    const reply = state.reply;
     return this.server.step(
       session,
       step,
@@ -134,8 +139,7 @@ export class SpanHandlers {
           return;
         }
         // One encoded frame: the result to the client and, when pushing, the next node's step.
-        const state = this.links.get(session);
-        if (step.push && outcome.hidden && state?.link.next) void this.push(session, state, step, outcome.frame);
+        if (step.push && outcome.hidden && state.link.next) void this.push(session, state, step, outcome.frame);
         const { sessionId, start, end } = session.request;
         const receipt = {
           sessionId,
@@ -145,10 +149,8 @@ export class SpanHandlers {
           inputHash: inputHash({ tokens: step.tokens, hidden: step.hidden?.data }),
           outputHash: sha256(outcome.frame),
         };
-        let chain = this.chains.get(session);
-        if (!chain) this.chains.set(session, (chain = new ReceiptChain()));
-        const head = chain.fold(receipt);
-        const signature = signedAt(chain.count) ? await signHead(this.key, head) : new Uint8Array(64);
+        const head = state.chain.fold(receipt);
+        const signature = signedAt(state.chain.count) ? await signHead(this.key, head) : new Uint8Array(64);
         await reply(encodeResult(outcome.stepId, { inputHash: receipt.inputHash, signature }, outcome.frame)).catch((e) =>
           log("session %s: could not send the result of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
         );
@@ -157,7 +159,14 @@ export class SpanHandlers {
     );
   }
 
-  private async push(session: ServerSession, state: LinkState, step: StepRequest, frame: Uint8Array): Promise<void> {
+  /** The state registered when the session was opened on its stream. */
+  private stateOf(session: ServerSession): SessionState {
+    const state = this.states.get(session);
+    if (!state) throw new Error(`session ${session.label} has no stream state`);
+    return state;
+  }
+
+  private async push(session: ServerSession, state: SessionState, step: StepRequest, frame: Uint8Array): Promise<void> {
     const next = state.link.next;
     if (!next) return;
     try {
@@ -197,14 +206,14 @@ export class SpanHandlers {
         const message = decodeMessage(bytes, this.server.maxElements);
         if (message.kind !== Kind.Push) throw new ProtocolError("BAD_CODEC", `kind ${message.kind} on the push protocol`);
         const session = this.server.session(message.sessionId);
-        const state = session && this.links.get(session);
+        const state = session && this.states.get(session);
         // Unknown or unlinked sessions are ignored: the client relays the step itself.
         if (!session || !state || state.link.prev !== from) {
           this.stats.pushesIgnored++;
           log("ignoring a push from %s into session %s: %s", from, message.sessionId.slice(0, 8), session ? "not the linked previous hop" : "no such session");
           continue;
         }
-        void this.runStep(session, message.step, state.reply, true);
+        void this.runStep(session, message.step, true);
       }
     } catch (e) {
       // Garbage from a pushing peer: it gets no answer, and only its stream closes.

@@ -269,7 +269,8 @@ class RemoteSpanStream implements RemoteSpan {
       this.checkReceipts();
       const reply = await this.nextFor(stepId, graceMs);
       if (!reply) return undefined;
-      return this.result(reply, stepId, count, allLogits, input);
+      // A pushed step ran on the previous hop's output, the values this client decoded from it.
+      return this.result(reply, stepId, count, allLogits, input && [inputHash(input)]);
     },
   };
 
@@ -278,13 +279,18 @@ class RemoteSpanStream implements RemoteSpan {
     const stepId = opts.stepId ?? this.nextStep++;
     if (!input.tokens && !input.hidden) throw new RangeError("a step needs token ids or hidden states");
     const count = input.tokens ? input.tokens.length : (input.hidden?.length ?? 0) / this.opts.hiddenSize;
-    const hidden = input.hidden && { data: input.hidden, shape: [1, count, this.opts.hiddenSize], codec: this.opts.codec ?? "none" };
+    const codec = this.opts.codec ?? "none";
+    const frame = input.hidden && encodeTensor(input.hidden, [1, count, this.opts.hiddenSize], codec);
     await this.lp.write(
-      encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, hidden }),
+      encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, frame }),
     );
+    // The node hashes the values it ran on: this frame as it decodes it, or, when the previous
+    // hop's push of the same step won the race, that hop's output as this client received it.
+    const accepted = [inputHash(input)];
+    if (frame && codec !== "none") accepted.push(inputHash({ hidden: decodeTensor(frame).data }));
     const reply = await this.nextFor(stepId);
     if (!reply) return this.fail("UNREACHABLE", `no answer to step ${stepId}`);
-    return this.result(reply, stepId, count, Boolean(opts.allLogits), input);
+    return this.result(reply, stepId, count, Boolean(opts.allLogits), accepted);
   }
 
   /** Every step's receipt from this node, in order (evidence of what it computed). */
@@ -298,23 +304,14 @@ class RemoteSpanStream implements RemoteSpan {
   }
 
   /**
-   * Admits a result's receipt: it must name the input this client sent (as the node decoded it:
-   * relayed hidden states went through the session's codec; pushed ones are the previous hop's
-   * output as the client decoded it, so either form is accepted) and the output frame received.
-   * Its signature is checked on the thread pool, off the critical path; a bad one fails the next step.
+   * Admits a result's receipt: the input it names must be one of the `accepted` hashes (what the
+   * node may have run on), then it joins the receipt chain, whose signatures are checked on the
+   * thread pool, off the critical path; a bad one fails the next step.
    */
-  private admitReceipt(result: StepResult, input: ForwardInput | undefined): void {
-    const { inputHash: claimed } = result;
-    if (input) {
-      const same = (h: Uint8Array) => Buffer.from(h).equals(Buffer.from(claimed));
-      const asSent = () => {
-        if (!input.hidden || (this.opts.codec ?? "none") === "none") return undefined;
-        const rows = input.hidden.length / this.opts.hiddenSize;
-        return inputHash({ hidden: decodeTensor(encodeTensor(input.hidden, [1, rows, this.opts.hiddenSize], this.opts.codec ?? "none")).data });
-      };
-      if (!same(inputHash(input)) && !same(asSent() ?? new Uint8Array())) {
-        this.fail("BAD_RECEIPT", `the receipt of step ${result.stepId} names an input this client did not send`);
-      }
+  private admitReceipt(result: StepResult, accepted: readonly Uint8Array[] | undefined): void {
+    const claimed = Buffer.from(result.inputHash);
+    if (accepted && !accepted.some((h) => claimed.equals(h))) {
+      this.fail("BAD_RECEIPT", `the receipt of step ${result.stepId} names an input this client did not send`);
     }
     this.foldReceipt(result);
   }
@@ -366,9 +363,10 @@ class RemoteSpanStream implements RemoteSpan {
     }
   }
 
-  private result(reply: Message, stepId: number, count: number, allLogits: boolean, input?: ForwardInput): ForwardOutput {
+  /** A step's result, checked: its step id, its receipt (against the input hashes the node may have run on) and its shape. */
+  private result(reply: Message, stepId: number, count: number, allLogits: boolean, accepted?: readonly Uint8Array[]): ForwardOutput {
     if (reply.kind !== Kind.Result || reply.result.stepId !== stepId) this.fail("UNEXPECTED", `expected the result of step ${stepId}`);
-    this.admitReceipt(reply.result, input);
+    this.admitReceipt(reply.result, accepted);
     const { data, shape } = reply.result.tensor;
     const head = this.hop.end === this.opts.numBlocks;
     const [width, rows] = head ? [this.opts.vocabSize, allLogits ? count : 1] : [this.opts.hiddenSize, count];

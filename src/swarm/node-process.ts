@@ -7,6 +7,11 @@ const CLI = import.meta.url.endsWith(".ts")
   ? ["--import", import.meta.resolve("tsx"), fileURLToPath(new URL("../cli/main.ts", import.meta.url))]
   : [fileURLToPath(new URL("../cli/main.js", import.meta.url))];
 
+/** The node arguments that run `tessera ...args` the same way: spawn(process.execPath, cliArgs(...)). */
+export function cliArgs(...args: string[]): string[] {
+  return [...CLI, ...args];
+}
+
 export interface NodeProcess {
   proc: ChildProcess;
   /** The multiaddr the node printed as `listening <addr>`. */
@@ -17,7 +22,7 @@ export interface NodeProcess {
 
 /** Starts a node serving [start, end) of `model`; resolves once it listens. */
 export function spawnNode(model: string, start: number, end: number, extraArgs: string[] = []): Promise<NodeProcess> {
-  const proc = spawn(process.execPath, [...CLI, "node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs], {
+  const proc = spawn(process.execPath, cliArgs("node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs), {
     stdio: ["ignore", "pipe", "pipe"],
     env: process.env,
   });

@@ -15,6 +15,9 @@ import { peerIdFromPublicKey } from "@libp2p/peer-id";
 import { RecordEnvelope } from "@libp2p/peer-record";
 import { errorMessage } from "../log.js";
 import type { NodeInfo } from "./protocol.js";
+import { canonicalJson } from "../canonical-json.js";
+
+export { canonicalJson };
 
 /** Records live 150 s; nodes refresh them every 60 s. */
 export const RECORD_TTL_MS = 150_000;
@@ -46,23 +49,6 @@ export class TesseraNodeRecord implements EnvelopeRecord {
   equals(other: EnvelopeRecord): boolean {
     return other.domain === this.domain && bytesEqual(other.codec, this.codec) && bytesEqual(other.marshal(), this.marshal());
   }
-}
-
-/**
- * JSON with object keys sorted (by UTF-16 code units, as JSON.stringify compares strings) and no
- * whitespace; numbers, strings and undefined/function members as JSON.stringify writes them. For
- * the values a record holds this is RFC 8785 (JCS) output.
- */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
-  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v)).join(",")}]`;
-  const members: string[] = [];
-  for (const k of Object.keys(value).sort()) {
-    const v = (value as { [key: string]: unknown })[k];
-    if (v === undefined || typeof v === "function" || typeof v === "symbol") continue;
-    members.push(`${JSON.stringify(k)}:${canonicalJson(v)}`);
-  }
-  return `{${members.join(",")}}`;
 }
 
 /** Seals `info`, expiring at now + RECORD_TTL_MS, in an envelope signed by `key`; returns its bytes. */

@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import type { ServedModel, WeightFormat } from "../engine/interface.js";
 import { WEIGHT_FORMATS } from "../engine/interface.js";
+import { canonicalJson } from "../canonical-json.js";
 import { logger } from "../log.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { spanTensorNames } from "../model/config.js";
@@ -46,21 +47,8 @@ export class ManifestError extends Error {
 
 const sha256 = (data: string | Uint8Array) => createHash("sha256").update(data).digest("hex");
 
-/** JSON with object keys sorted at every depth, no whitespace: the bytes that are hashed. */
-export function canonical(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
-  if (value && typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
-    return `{${entries
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-      .map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`)
-      .join(",")}}`;
-  }
-  return JSON.stringify(value);
-}
-
 export function configHash(c: ModelConfig): string {
-  return sha256(canonical(c));
+  return sha256(canonicalJson(c));
 }
 
 /** The hash of one tensor: its name, its canonical shape and its f32 values (little-endian). */
@@ -72,8 +60,17 @@ export async function tensorHash(checkpoint: Checkpoint, name: string): Promise<
   return h.digest("hex");
 }
 
-/** Which tensors make up a part: a block, the embedding, the head (canonical names, sorted). */
-export function partTensors(c: ModelConfig, part: number | "embedding" | "head"): string[] {
+/** A part of a model the manifest hashes: a block, the embedding or the head. */
+export type ModelPart = number | "embedding" | "head";
+
+/** The parts a span [start, end) runs: its blocks, with the embedding from block 0 and the head at the last block. */
+export function spanParts(c: ModelConfig, start: number, end: number): ModelPart[] {
+  const blocks = Array.from({ length: end - start }, (_, i) => start + i);
+  return [...(start === 0 ? ["embedding" as const] : []), ...blocks, ...(end === c.numLayers ? ["head" as const] : [])];
+}
+
+/** Which tensors make up a part (canonical names, sorted). */
+export function partTensors(c: ModelConfig, part: ModelPart): string[] {
   if (part === "embedding") return spanTensorNames(c, { start: 0, end: 0, embed: true, head: false }).sort();
   if (part === "head") return spanTensorNames(c, { start: 0, end: 0, embed: false, head: true }).sort();
   return spanTensorNames(c, { start: part, end: part + 1, embed: false, head: false }).sort();
@@ -84,8 +81,7 @@ const partHash = (names: string[], tensors: Record<string, string>) => sha256(na
 /** Builds the manifest of a checkpoint for a weight format, reading every tensor once. */
 export async function buildManifest(checkpoint: Checkpoint, format: WeightFormat, onProgress?: (done: number, total: number) => void): Promise<ModelManifest> {
   const c = checkpoint.config;
-  const parts: (number | "embedding" | "head")[] = ["embedding", ...Array.from({ length: c.numLayers }, (_, i) => i), "head"];
-  const names = [...new Set(parts.flatMap((p) => partTensors(c, p)))];
+  const names = [...new Set(spanParts(c, 0, c.numLayers).flatMap((p) => partTensors(c, p)))];
   const tensors: Record<string, string> = {};
   for (const [i, name] of names.entries()) {
     tensors[name] = await tensorHash(checkpoint, name);
@@ -102,7 +98,7 @@ export async function buildManifest(checkpoint: Checkpoint, format: WeightFormat
     embedding: partHash(partTensors(c, "embedding"), tensors),
     head: partHash(partTensors(c, "head"), tensors),
   } as const;
-  return { ...body, id: sha256(canonical(body)) };
+  return { ...body, id: sha256(canonicalJson(body)) };
 }
 
 /** Reads and validates a manifest file: every field present, the id matching its content. */
@@ -124,7 +120,7 @@ export async function readManifest(file: string): Promise<ModelManifest> {
   if (typeof m.tensors !== "object" || m.tensors === null || !Object.values(m.tensors).every(hex)) problems.push("tensors");
   if (problems.length) throw new ManifestError(`${file}: malformed manifest: ${problems.join("; ")}`);
   const { id, ...body } = m as ModelManifest;
-  if (sha256(canonical(body)) !== id) throw new ManifestError(`${file}: manifest id ${id} does not match its content`);
+  if (sha256(canonicalJson(body)) !== id) throw new ManifestError(`${file}: manifest id ${id} does not match its content`);
   return m as ModelManifest;
 }
 
@@ -135,9 +131,16 @@ export async function writeManifest(file: string, manifest: ModelManifest): Prom
 /**
  * Checks blocks [start, end) of a checkpoint (with the embedding when start is 0 and the head when
  * end is the last block) against a manifest; throws a ManifestError naming the first tensor that
- * differs. Reads only the span's tensors.
+ * differs. Reads only the span's tensors, and none of the parts in `verified` (which it extends).
  */
-export async function checkSpan(checkpoint: Checkpoint, manifest: ModelManifest, start: number, end: number, format: WeightFormat): Promise<void> {
+export async function checkSpan(
+  checkpoint: Checkpoint,
+  manifest: ModelManifest,
+  start: number,
+  end: number,
+  format: WeightFormat,
+  verified: Set<ModelPart> = new Set(),
+): Promise<void> {
   const c = checkpoint.config;
   const where = checkpoint.path;
   if (manifest.format !== format) throw new ManifestError(`${where}: the manifest is for weight format ${manifest.format}, this node runs ${format}`);
@@ -147,12 +150,8 @@ export async function checkSpan(checkpoint: Checkpoint, manifest: ModelManifest,
     );
   }
   if (configHash(c) !== manifest.config) throw new ManifestError(`${where}: the config differs from the manifest's`);
-  const parts: (number | "embedding" | "head")[] = [
-    ...(start === 0 ? ["embedding" as const] : []),
-    ...Array.from({ length: end - start }, (_, i) => start + i),
-    ...(end === c.numLayers ? ["head" as const] : []),
-  ];
-  for (const part of parts) {
+  for (const part of spanParts(c, start, end)) {
+    if (verified.has(part)) continue;
     for (const name of partTensors(c, part)) {
       const expected = manifest.tensors[name];
       if (!expected) throw new ManifestError(`${where}: tensor '${name}' is not in the manifest`);
@@ -160,16 +159,21 @@ export async function checkSpan(checkpoint: Checkpoint, manifest: ModelManifest,
       if (actual !== expected)
         throw new ManifestError(`${where}: tensor '${name}' hashes to ${actual.slice(0, 16)}…, the manifest says ${expected.slice(0, 16)}…`);
     }
+    verified.add(part);
   }
   log("blocks [%d, %d) of %s match manifest %s", start, end, where, manifest.id.slice(0, 16));
 }
 
-/** A served model whose every span is checked against the manifest before it loads (moves included). */
+/**
+ * A served model whose every span is checked against the manifest before it loads (moves and
+ * sub-ranges included); each part is hashed once, so a sub-range of a checked span costs nothing.
+ */
 export function checkedModel(model: ServedModel, checkpoint: Checkpoint, manifest: ModelManifest, format: WeightFormat): ServedModel {
+  const verified = new Set<ModelPart>();
   return {
     ...model,
     load: async (start, end) => {
-      await checkSpan(checkpoint, manifest, start, end, format);
+      await checkSpan(checkpoint, manifest, start, end, format, verified);
       return model.load(start, end);
     },
   };

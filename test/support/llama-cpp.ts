@@ -20,9 +20,9 @@ export class LlamaCppOracle {
     return [...this.model.tokenize(text, true)];
   }
 
-  /** log-probabilities of the next token after `tokens`, as a dense vocabulary-sized array. */
-  async nextLogProbs(tokens: number[], vocabSize: number): Promise<Float32Array> {
-    const context = await this.model.createContext({
+  /** A context with an f32 KV cache, as Tessera's engine keeps it. */
+  private context() {
+    return this.model.createContext({
       contextSize: 256,
       threads: 2,
       batchSize: 256,
@@ -30,6 +30,11 @@ export class LlamaCppOracle {
       experimentalKvCacheKeyType: "F32",
       experimentalKvCacheValueType: "F32",
     });
+  }
+
+  /** log-probabilities of the next token after `tokens`, as a dense vocabulary-sized array. */
+  async nextLogProbs(tokens: number[], vocabSize: number): Promise<Float32Array> {
+    const context = await this.context();
     try {
       const sequence = context.getSequence();
       const items = tokens.map((t, i) =>
@@ -47,14 +52,7 @@ export class LlamaCppOracle {
 
   /** Greedy continuation of `tokens` by `count` tokens. */
   async greedy(tokens: number[], count: number): Promise<number[]> {
-    const context = await this.model.createContext({
-      contextSize: 256,
-      threads: 2,
-      batchSize: 256,
-      flashAttention: false,
-      experimentalKvCacheKeyType: "F32",
-      experimentalKvCacheValueType: "F32",
-    });
+    const context = await this.context();
     try {
       const sequence = context.getSequence();
       const result: number[] = [];
