@@ -36,13 +36,22 @@ export { BALANCE_QUALITY, bestStart, blockThroughputs, chooseBlocks, rebalance }
 export { type Hop, MissingBlocksError, type NodeState, type SpanRecord } from "./swarm/records.js";
 export {
   type BlockRange,
+  type CaughtEvent,
+  type Commitment,
+  LIE_FACTOR,
   pushGrace,
   type RemoteSpan,
   RouteSession,
   type RouteSessionOptions,
   type SpanProvider,
   type StepOptions,
+  type TrialAnswer,
+  TRIAL_RATE,
+  type TrustHooks,
+  type VerificationReport,
 } from "./swarm/route-session.js";
+export { type Finding, SpanCheck, type VerifyPolicy, WINDOW_TOKENS } from "./swarm/span-check.js";
+export { ledgerTrust } from "./swarm/trust.js";
 export {
   logitsCodec,
   type OpenResult,
@@ -70,6 +79,9 @@ export {
   readManifest,
   writeManifest,
 } from "./verify/manifest.js";
+export { agree, consensusVerdict, DEFAULT_TOLERANCE, firstMismatch, rowErrors, type Tolerance } from "./verify/compare.js";
+export { defaultLedgerPath, type KnownAnswer, type LedgerEntry, LedgerError, type LedgerEvent, ReputationLedger } from "./verify/ledger.js";
+export { AVOID_BELOW, cooldownAfter, nextReputation, normalisedReputation, type Outcome, routingPenaltySeconds, tier, type Tier } from "./verify/reputation.js";
 
 // ee: equivariant encryption (keys, encrypting a checkpoint, the client-side cipher, manifests)
 export { EncryptedSession, VocabCipher } from "./ee/cipher.js";

@@ -62,6 +62,8 @@ test("demo starts three node processes, streams a chat through them and shuts th
   assert.equal(stdout.match(/node \d +…\w+ +blocks \[\d+, \d+\)/g)?.length, 3);
   assert.match(stdout, /route: …\w+ \[0,\d\) → …\w+ \[\d,8\)/);
   assert.match(stdout, /\d+ tokens through the swarm at [\d.]+ tok\/s/);
+  // The [4, 8) hop has another holder, which checks it.
+  assert.match(stdout, /\[verified \(rate 1\): 2 of 2 spans, [1-9]\d* positions recomputed by 1 node in [1-9]\d* checks/);
   assert.match(stdout, /swarm stopped/);
 });
 

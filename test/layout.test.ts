@@ -1,4 +1,4 @@
-// The layout is the architecture: dependencies point one way (model → engine → swarm/ee/verify → cli),
+// The layout is the architecture: dependencies point one way (model → engine → wire/ee/verify → swarm → cli),
 // and the swarm and EE see the engine only through its interface module, never ONNX Runtime.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -17,7 +17,7 @@ const ALLOWED: Record<string, string[]> = {
   wire: ["model"],
   ee: ["model", "engine/interface"],
   verify: ["model", "engine/interface"],
-  swarm: ["model", "wire", "ee", "engine/interface"],
+  swarm: ["model", "wire", "ee", "verify", "engine/interface"],
   cli: ["model", "engine", "wire", "ee", "swarm", "verify"],
 };
 

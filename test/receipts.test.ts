@@ -3,50 +3,31 @@
 // its own, or names an input the client did not send, is failed over like a dead one.
 import "../src/swarm/node20.js";
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { lpStream } from "@libp2p/utils";
 import type { Libp2p } from "libp2p";
 import { LocalPipeline } from "../src/engine/pipeline.js";
-import { servedCheckpoint } from "../src/engine/runtime.js";
 import { argmax } from "../src/engine/sampling.js";
-import { type Checkpoint, openCheckpoint } from "../src/model/checkpoint.js";
 import { announce } from "../src/swarm/dht.js";
-import { createSwarmHost, joinSwarm, type SwarmHost } from "../src/swarm/host.js";
+import { joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
-import { SpanNode } from "../src/swarm/node.js";
 import { decodeMessage, encodeControl, encodeResult, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
 import { inputHash, type Receipt, ReceiptChain, type ReceiptFields, SIGN_EVERY, sha256, signedAt, signHead, verifyReceipts } from "../src/swarm/receipt.js";
 import { RouteSession } from "../src/swarm/route-session.js";
 import { signRecord } from "../src/swarm/signed-record.js";
 import { encodeTensor } from "../src/wire/tensor-frame.js";
-import { hfModel, sampleTokens } from "./support/fixtures.js";
+import { sampleTokens } from "./support/fixtures.js";
 import { boastfulInfo, permissiveDhtHost } from "./support/rogue.js";
+import { useTwoSpanSwarm } from "./support/two-spans.js";
 
-let checkpoint: Checkpoint;
-let nodes: SpanNode[] = [];
-let client: SwarmHost;
 const MODEL = "receipts";
-
-before(async () => {
-  checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
-  const model = await servedCheckpoint(checkpoint, { maxSequence: 64 });
-  const first = await SpanNode.start({ model, modelId: MODEL, start: 0, end: 2, maxSessionLength: 64 });
-  const bootstrap = [first.addresses[0]!];
-  nodes = [first, await SpanNode.start({ model, modelId: MODEL, start: 2, end: 4, maxSessionLength: 64, bootstrap })];
-  client = await createSwarmHost({ role: "client" });
-  await joinSwarm(client, bootstrap);
-});
-
-after(async () => {
-  await client.stop();
-  for (const n of nodes) await n.stop();
-});
+const swarm = useTwoSpanSwarm(MODEL);
 
 function provider(stepTimeoutMs = 10_000) {
-  const c = checkpoint.config;
-  return new Libp2pSpanProvider(client, { modelId: MODEL, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers, stepTimeoutMs });
+  const c = swarm.checkpoint.config;
+  return new Libp2pSpanProvider(swarm.client, { modelId: MODEL, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, numBlocks: c.numLayers, stepTimeoutMs });
 }
 
 async function greedy(session: { append(t: number[]): Promise<Float32Array> }, prompt: number[], count: number): Promise<number[]> {
@@ -101,12 +82,12 @@ test("every step through honest nodes comes with a verified receipt per hop, and
   await greedy(session, sampleTokens(5, 512, 3), 4);
   const receipts = session.receipts;
   assert.equal(receipts.length, 2 * 5, "5 steps × 2 hops");
-  for (const n of nodes)
+  for (const n of swarm.nodes)
     assert.equal(await verifyReceipts(receipts.filter((r) => r.peerId === n.info().peerId)), undefined, `the receipts of ${n.info().peerId} verify`);
   const byHop = (start: number) => receipts.filter((r) => r.start === start);
   assert.deepEqual(
     byHop(0).map((r) => r.peerId),
-    Array(5).fill(nodes[0]!.info().peerId),
+    Array(5).fill(swarm.nodes[0]!.info().peerId),
   );
   const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
   assert.equal(hex(byHop(0)[0]!.inputHash), hex(inputHash({ tokens: sampleTokens(5, 512, 3) })), "the first hop names the prompt's token ids");
@@ -117,12 +98,12 @@ test("every step through honest nodes comes with a verified receipt per hop, and
 async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
   const key = await generateKeyPair("Ed25519");
   const rogue = await permissiveDhtHost(key);
-  await joinSwarm(rogue as unknown as SwarmHost, [nodes[0]!.addresses[0]!]);
+  await joinSwarm(rogue as unknown as SwarmHost, [swarm.nodes[0]!.addresses[0]!]);
   const peerId = rogue.peerId.toString();
   const info = boastfulInfo(peerId, MODEL);
 
   await announce(rogue.services.dht, await signRecord(key, info, Date.now()), peerId, MODEL, [0, 1, 2, 3]).catch((e: Error) => assert.ok(e instanceof Error));
-  const vocab = checkpoint.config.vocabSize;
+  const vocab = swarm.checkpoint.config.vocabSize;
   await rogue.handle(SPAN_PROTOCOL, async (stream) => {
     const chain = new ReceiptChain();
     const lp = lpStream(stream);
@@ -184,7 +165,7 @@ async function sessionWith(rogue: Libp2p, failovers: { peerId: string; error: st
 
 test("a node whose receipt names an input the client did not send is caught on that step and failed over: the tokens are the honest ones", async () => {
   const prompt = sampleTokens(6, 512, 11);
-  const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
+  const local = await LocalPipeline.load(swarm.checkpoint, { maxSequence: 64 });
   const expected = await greedy(local.openSession(32), prompt, 5);
   await local.release();
   const rogue = await lyingNode("input");
@@ -214,7 +195,7 @@ test("a node whose receipts are not signed by it is failed over at its next step
     assert.ok(!session.route.some((h) => h.peerId === rogue.peerId.toString()));
     await session.settleReceipts();
     const honest = session.receipts.filter((r) => r.peerId !== rogue.peerId.toString());
-    for (const n of nodes)
+    for (const n of swarm.nodes)
       assert.equal(await verifyReceipts(honest.filter((r) => r.peerId === n.info().peerId)), undefined, "the honest hops' receipts verify");
     session.close();
   } finally {

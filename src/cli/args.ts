@@ -24,3 +24,11 @@ export function logitBiasArg(value: string, previous: Map<number, number> = new 
   const bias = /inf/i.test(match[2]!) ? (match[2]!.startsWith("-") ? -Infinity : Infinity) : Number(match[2]);
   return new Map(previous).set(Number(match[1]), bias);
 }
+
+/** --verify: a rate in [0, 1], or "consensus". */
+export function verifyArg(value: string): number | "consensus" {
+  if (value === "consensus") return value;
+  const n = Number(value);
+  if (!(value.trim() !== "" && n >= 0 && n <= 1)) throw new InvalidArgumentError(`expected a rate from 0 to 1 or 'consensus', got '${value}'`);
+  return n;
+}

@@ -12,6 +12,7 @@ import { openCheckpoint } from "../model/checkpoint.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
 import { loadTokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
+import { formatVerification } from "./generate.js";
 import { formatRoute, renderSwarm, shortPeerId } from "../swarm/dashboard.js";
 import { type NodeProcess, spawnNode, stopNode } from "../swarm/node-process.js";
 
@@ -70,7 +71,8 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
       console.log(`  node ${i + 1}  ${shortPeerId(peer)}  blocks [${a}, ${b})  ${nodes[i]!.addr.split("/p2p/")[0]}`);
     }
     console.log(`\n${indent(renderSwarm({ modelId: `deployment ${modelId.slice(0, 12)}…`, numBlocks: L, nodes: client.provider.nodes, barWidth: 24 }))}\n`);
-    const route = await client.openSession(512);
+    // Every span is checked: another node serving the same blocks recomputes it (the spans overlap).
+    const route = await client.openSession(512, { verify: { rate: 1 } });
     console.log(
       `route: ${formatRoute(route.route)}  (hidden states as blockwise 8-bit, ${route.chaining ? "pushed node to node" : "relayed by this client, as near to the nodes as they are to each other"})`,
     );
@@ -94,6 +96,7 @@ export async function demoCommand(flags: DemoFlags): Promise<void> {
       `\n\n${result.tokens.length} tokens through the swarm at ${t.decodeTokensPerSecond.toFixed(1)} tok/s ` +
         `(prompt ${result.promptTokens.length} tokens at ${t.prefillTokensPerSecond.toFixed(0)} tok/s); ${result.finishReason}`,
     );
+    console.log(formatVerification(route.verification));
     session.close();
   } finally {
     await client?.close();

@@ -9,7 +9,9 @@ import { loadTokenizer, type Tokenizer } from "../model/tokenizer.js";
 import { SwarmClient } from "../swarm/client.js";
 import { formatRoute } from "../swarm/dashboard.js";
 import { MissingBlocksError } from "../swarm/records.js";
-import type { RouteSession } from "../swarm/route-session.js";
+import type { RouteSession, VerificationReport } from "../swarm/route-session.js";
+import { ledgerTrust } from "../swarm/trust.js";
+import { ReputationLedger } from "../verify/ledger.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { type EngineFlags, loadLocalModel, loadPipeline } from "./engine-options.js";
 import { readManifest } from "../verify/manifest.js";
@@ -38,10 +40,13 @@ interface GenerateFlags extends EngineFlags {
   /** EE key file: the nodes (or --encrypted-model) run the checkpoint encrypted with it. */
   key?: string;
   encryptedModel?: string;
+  verify: number | "consensus";
+  k: number;
+  ledger?: string;
 }
 
 export async function generateCommand(flags: GenerateFlags): Promise<void> {
-  const { tokenizer, session, done } = flags.swarm.length ? await swarmSession(flags) : await localSession(flags);
+  const { tokenizer, session, done, report } = flags.swarm.length ? await swarmSession(flags) : { ...(await localSession(flags)), report: undefined };
   const promptTokens = promptTokensFor(tokenizer, flags);
   const result = await generate(session, tokenizer, promptTokens, {
     maxTokens: flags.maxTokens,
@@ -58,17 +63,26 @@ export async function generateCommand(flags: GenerateFlags): Promise<void> {
     stopAtEos: !flags.ignoreEos,
     onText: flags.json ? undefined : (piece) => process.stdout.write(piece),
   });
+  const verification = report?.();
   session.close();
   await done();
   if (flags.json) {
     console.log(
       JSON.stringify(
-        { text: result.text, tokens: result.tokens, promptTokens: result.promptTokens, finishReason: result.finishReason, timings: result.timings },
+        {
+          text: result.text,
+          tokens: result.tokens,
+          promptTokens: result.promptTokens,
+          finishReason: result.finishReason,
+          timings: result.timings,
+          ...(verification ? { verification } : {}),
+        },
         null,
         2,
       ),
     );
   } else {
+    if (verification) console.error(`\n${formatVerification(verification)}`);
     process.stdout.write("\n");
     const t = result.timings;
     console.error(
@@ -145,15 +159,24 @@ async function swarmSession(flags: GenerateFlags) {
   const manifestId = flags.manifest ? (await readManifest(flags.manifest)).id : undefined;
   const client = await SwarmClient.connect(flags.swarm, info.config, { modelId, codec: flags.codec, manifestId });
   let session: RouteSession;
+  let ledger: ReputationLedger | undefined;
   try {
+    ledger = ReputationLedger.open(flags.ledger);
+    const consensus = flags.verify === "consensus";
+    if (consensus && !(flags.k >= 1 && flags.k % 2 === 1)) throw new RangeError(`--k takes an odd number of verifiers, got ${flags.k}`);
     // Nodes reserve KV cache for the whole session: ask for what this prompt and --max-tokens need.
     const needed = promptTokensFor(tokenizer, flags).length + flags.maxTokens;
     session = await client.openSession(Math.min(info.config.maxPositionEmbeddings, needed), {
       chained: flags.chain === "auto" ? "auto" : flags.chain === "on",
       routing: flags.routing,
       onFailover: (e) => console.error(`[node ${e.peerId} failed on blocks ${e.blocks.join("-")}: ${e.error.message}; re-routed]`),
+      verify: flags.verify === "consensus" ? { rate: 1, mode: "consensus", k: flags.k } : { rate: flags.verify },
+      trust: ledgerTrust(ledger, { modelId }),
+      onCaught: (e) =>
+        console.error(`[caught node ${e.peerId} on blocks ${e.blocks.join("-")}: wrong output at position ${e.position}; banned, re-routed, text corrected]`),
     });
   } catch (e) {
+    ledger?.close();
     await client.close();
     if (!(e instanceof MissingBlocksError)) throw e;
     const all = e.blocks.length === info.config.numLayers;
@@ -169,7 +192,16 @@ async function swarmSession(flags: GenerateFlags) {
     console.error(`[route: ${formatRoute(session.route)}${ee ? `; encrypted (${ee.key.level}), deployment ${short(modelId)}` : ""}]`);
   }
   const inner: LogitsSession = session;
-  return { tokenizer, session: ee ? new EncryptedSession(inner, ee.cipher) : inner, done: () => client.close() };
+  const open = ledger;
+  return {
+    tokenizer,
+    session: ee ? new EncryptedSession(inner, ee.cipher) : inner,
+    report: () => session.verification,
+    done: async () => {
+      open.close();
+      await client.close();
+    },
+  };
 }
 
 /** Reads a key file and checks that it was made for the plaintext model the client tokenizes with. */
@@ -184,6 +216,22 @@ async function clientCipher(keyFile: string, model: string, vocabSize: number, t
     );
   }
   return { key, cipher: VocabCipher.fromKey(key) };
+}
+
+/** One line on what was checked and what was caught. */
+export function formatVerification(v: VerificationReport): string {
+  const checked = v.spans.filter((s) => s.checked);
+  const verifiers = new Set(checked.flatMap((s) => s.verifiedBy));
+  const what = v.mode === "consensus" ? "consensus" : `rate ${v.rate}`;
+  const parts = [
+    `verified (${what}): ${checked.length} of ${v.spans.length} spans, ${v.recomputedTokens} positions recomputed by ${verifiers.size} node${verifiers.size === 1 ? "" : "s"} in ${v.checks} checks`,
+  ];
+  const unverifiable = checked.filter((s) => s.unverifiable);
+  if (unverifiable.length) parts.push(`${unverifiable.length} could not be checked (${unverifiable[0]!.unverifiable})`);
+  for (const c of v.caught) parts.push(`caught ${c.peerId} on blocks ${c.blocks.join("-")} at position ${c.position}`);
+  for (const o of v.outvoted) parts.push(`outvoted verifier ${o.peerId}`);
+  for (const l of v.throughputLies) parts.push(`${l.peerId} announced ${l.announcedMs.toFixed(2)} ms per step and took ${l.measuredMs.toFixed(1)}`);
+  return `[${parts.join("; ")}]`;
 }
 
 function short(hex: string): string {

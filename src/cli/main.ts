@@ -2,7 +2,7 @@
 import { Command, Option } from "commander";
 import { LOG_LEVELS } from "../log.js";
 import { SHIPPED_MODEL } from "../model/shipped.js";
-import { floatArg, intArg, logitBiasArg } from "./args.js";
+import { floatArg, intArg, logitBiasArg, verifyArg } from "./args.js";
 import { convertCommand } from "./convert.js";
 import { demoCommand } from "./demo.js";
 import { encryptModelCommand } from "./encrypt-model.js";
@@ -12,6 +12,7 @@ import { generateCommand } from "./generate.js";
 import { inspectCommand } from "./inspect.js";
 import { manifestCommand } from "./manifest.js";
 import { nodeCommand } from "./node.js";
+import { reputationCommand } from "./reputation.js";
 import { swarmStatusCommand } from "./swarm-status.js";
 import { makeTestModelCommand } from "./make-test-model.js";
 
@@ -62,6 +63,14 @@ addEngineOptions(program.command("generate").description("generate text with a m
     "EE key (tessera encrypt-model): nodes see only cipher ids; -m stays the plaintext model (tokenizer); sampling, EOS and stops run here",
   )
   .option("--encrypted-model <path>", "with --key and no --swarm: run this encrypted checkpoint on this machine")
+  .option(
+    "--verify <rate|consensus>",
+    "with --swarm: share of the route's spans another node recomputes from the recorded inputs (0 to 1), or consensus: k verifiers on every span, commit-reveal, majority; a node caught is banned, its blocks re-routed and the text corrected before it is shown",
+    verifyArg,
+    0.1,
+  )
+  .option("--k <n>", "with --verify consensus: verifiers per span (odd)", intArg, 3)
+  .option("--ledger <file>", "with --swarm: the reputation ledger (default: $TESSERA_HOME/reputation.db, TESSERA_HOME defaulting to ~/.tessera)")
   .action(generateCommand);
 
 addEngineOptions(program.command("node").description("serve a span of blocks to the swarm over libp2p"))
@@ -159,6 +168,14 @@ program
   .description("print a checkpoint's config and tensors")
   .requiredOption("-m, --model <path>", "Hugging Face folder or .gguf file")
   .action(inspectCommand);
+
+program
+  .command("reputation")
+  .description("show this client's reputation ledger: each node's score, tier, outcomes and cooldown, best first")
+  .option("--ledger <file>", "the ledger file (default: $TESSERA_HOME/reputation.db, TESSERA_HOME defaulting to ~/.tessera)")
+  .option("--json", "print the entries (or, with --events, the events) as JSON")
+  .option("--events <peer>", "list one node's recorded outcomes, newest first (its id, or a unique part of it)")
+  .action(reputationCommand);
 
 program.parseAsync().catch((e: Error) => {
   console.error(`tessera: ${e.name === "Error" ? "" : `${e.name}: `}${e.message}`);

@@ -89,4 +89,9 @@ export class EncryptedSession implements LogitsSession {
   close(): void {
     this.inner.close();
   }
+
+  get settle(): LogitsSession["settle"] {
+    const inner = this.inner;
+    return inner.settle && ((opts) => inner.settle!(opts));
+  }
 }

@@ -35,22 +35,65 @@ export interface GenerationResult {
 
 export async function generate(session: LogitsSession, tokenizer: Tokenizer, promptTokens: number[], opts: GenerateOptions): Promise<GenerationResult> {
   const now = opts.now ?? (() => performance.now());
-  const rng = createRng(opts.seed);
   const eos = new Set(opts.stopAtEos === false ? [] : tokenizer.eosIds);
-  const decoder = new StreamDecoder(tokenizer, { skipSpecial: true, context: promptTokens });
-  const stops = new StopMatcher(opts.stop ?? []);
   const maxTokens = Math.min(opts.maxTokens, session.maxLength - session.length - promptTokens.length);
   if (maxTokens < 0) {
     throw new RangeError(`prompt of ${promptTokens.length} tokens does not fit the session's ${session.maxLength} positions`);
   }
+  const base = session.length;
 
+  // Sampling state that a rewind (a caught cheat, on a checked session) restores: the random
+  // draws made before each token, and the text after each token.
+  let rng = createRng(opts.seed);
+  let draws = 0;
+  const counted = () => {
+    draws++;
+    return rng();
+  };
+  const drawsBefore: number[] = [];
+  let decoder = new StreamDecoder(tokenizer, { skipSpecial: true, context: promptTokens });
+  let stops = new StopMatcher(opts.stop ?? []);
   const history = [...promptTokens];
   const tokens: number[] = [];
-  let text = "";
-  const emit = (piece: string) => {
-    if (!piece) return;
-    text += piece;
-    opts.onText?.(piece);
+  /** Text produced after each token (textAfter[i]: after i tokens), shown once settled. */
+  const textAfter: number[] = [0];
+  let produced = "";
+  let shown = 0;
+  const show = (upTo: number) => {
+    if (upTo <= shown) return;
+    opts.onText?.(produced.slice(shown, upTo));
+    shown = upTo;
+  };
+  /** Shows the text of the tokens derived from settled positions (a token comes from the logits of the position before it). */
+  const showSettled = (settledLength: number) => {
+    const settledTokens = Math.max(0, Math.min(tokens.length, settledLength - base - promptTokens.length + 1));
+    show(textAfter[settledTokens]!);
+  };
+  /** After a caught cheat: forget the tokens from `rewoundTo` on and append again from there; returns the fresh logits. */
+  const rewind = async (rewoundTo: number): Promise<Float32Array> => {
+    const keep = Math.max(rewoundTo - base + 1, promptTokens.length);
+    const kept = tokens.slice(0, keep - promptTokens.length);
+    if (textAfter[kept.length]! < shown) throw new Error("a checked session rewound past text already shown");
+    tokens.length = 0;
+    history.length = promptTokens.length;
+    textAfter.length = 1;
+    produced = "";
+    decoder = new StreamDecoder(tokenizer, { skipSpecial: true, context: promptTokens });
+    stops = new StopMatcher(opts.stop ?? []);
+    for (const t of kept) push(t);
+    rng = createRng(opts.seed);
+    draws = 0;
+    for (let i = 0; i < (drawsBefore[kept.length] ?? 0); i++) counted();
+    drawsBefore.length = kept.length + 1;
+    return session.append(history.slice(rewoundTo - base));
+  };
+  const push = (token: number): boolean => {
+    tokens.push(token);
+    history.push(token);
+    const { emit, stopped } = stops.push(decoder.push(token));
+    produced += emit;
+    textAfter.push(produced.length);
+    return stopped;
   };
 
   const t0 = now();
@@ -58,30 +101,45 @@ export async function generate(session: LogitsSession, tokenizer: Tokenizer, pro
   const t1 = now();
   let finishReason: FinishReason = "length";
   let decodeSteps = 0;
-  while (tokens.length < maxTokens) {
-    if (opts.signal?.aborted) {
-      finishReason = "aborted";
-      break;
+  for (;;) {
+    finishReason = "length";
+    while (tokens.length < maxTokens) {
+      if (opts.signal?.aborted) {
+        finishReason = "aborted";
+        break;
+      }
+      if (session.settle) {
+        const r = await session.settle({ wait: false });
+        if (r.rewoundTo !== undefined) logits = await rewind(r.rewoundTo);
+        showSettled(r.settledLength);
+      } else show(produced.length);
+      drawsBefore[tokens.length] = draws;
+      const token = sampleToken(logits, opts.sampling, history, counted);
+      if (eos.has(token)) {
+        finishReason = "eos";
+        break;
+      }
+      if (push(token)) {
+        finishReason = "stop";
+        break;
+      }
+      if (tokens.length < maxTokens) {
+        logits = await session.append([token]);
+        decodeSteps++;
+      }
     }
-    const token = sampleToken(logits, opts.sampling, history, rng);
-    if (eos.has(token)) {
-      finishReason = "eos";
-      break;
+    // A checked session: the end is final only once every check is in.
+    if (session.settle && finishReason !== "aborted") {
+      const r = await session.settle({ wait: true });
+      if (r.rewoundTo !== undefined) {
+        logits = await rewind(r.rewoundTo);
+        continue;
+      }
     }
-    tokens.push(token);
-    history.push(token);
-    const { emit: piece, stopped } = stops.push(decoder.push(token));
-    emit(piece);
-    if (stopped) {
-      finishReason = "stop";
-      break;
-    }
-    if (tokens.length < maxTokens) {
-      logits = await session.append([token]);
-      decodeSteps++;
-    }
+    break;
   }
-  if (finishReason !== "stop") emit(stops.push(decoder.flush()).emit + stops.flush());
+  if (finishReason !== "stop") produced += stops.push(decoder.flush()).emit + stops.flush();
+  show(produced.length);
   const t2 = now();
 
   const prefillMs = t1 - t0;
@@ -89,7 +147,7 @@ export async function generate(session: LogitsSession, tokenizer: Tokenizer, pro
   return {
     promptTokens,
     tokens,
-    text,
+    text: produced,
     finishReason,
     timings: {
       prefillMs,

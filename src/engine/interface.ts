@@ -85,6 +85,21 @@ export interface LogitsSession {
   append(tokens: readonly number[], opts?: ForwardOptions): Promise<Float32Array>;
   truncate(position: number): void;
   close(): void;
+  /**
+   * Sessions whose work is checked after the fact (a verified swarm route): applies the checks
+   * finished so far (all of those started, and one of what is left, with `wait`). A caught
+   * cheat rolls the session back to its first wrong position (`rewoundTo`): the caller drops
+   * what it derived from later logits and appends again from there. Text is final only up to
+   * `settledLength`. Sessions without it are final as soon as `append` returns.
+   */
+  settle?(opts: { wait: boolean }): Promise<SettleResult>;
+}
+
+export interface SettleResult {
+  /** Positions whose outputs are final (checked, or not selected for checking). */
+  settledLength: number;
+  /** Set when a check failed: the session is back at this length. */
+  rewoundTo?: number;
 }
 
 /** Runs consecutive spans' sessions one after another, each taking the previous one's hidden states. */

@@ -1,7 +1,8 @@
 // The node's libp2p protocol handlers over a span server: the span protocol (one stream = one
 // session: open, steps, link), the push protocol (steps pushed by the previous node of a chained
 // route) and the link-speed probe. A peer's bytes never crash the node: malformed messages get
-// an error reply and close only their own stream.
+// an error reply and close only their own stream. A committed step's output is held here (one
+// frame per session) until the client reveals it.
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
@@ -11,6 +12,7 @@ import type { SwarmHost } from "./host.js";
 import { answerProbe, PROBE_PROTOCOL } from "./link-probe.js";
 import {
   decodeMessage,
+  encodeCommit,
   encodeControl,
   encodePush,
   encodeResult,
@@ -21,6 +23,7 @@ import {
   type Message,
   PUSH_PROTOCOL,
   SPAN_PROTOCOL,
+  type StepReceipt,
   type StepRequest,
 } from "./protocol.js";
 import { inputHash, ReceiptChain, sha256, signedAt, signHead } from "./receipt.js";
@@ -38,8 +41,10 @@ interface SessionState {
   reply: Send;
   /** Stream to the next node for pushes, opened on first use. */
   pushTo?: Promise<Send>;
-  /** The receipt chain of every result sent on the session's stream, in order. */
+  /** The receipt chain of every result and commitment sent on the session's stream, in order. */
   chain: ReceiptChain;
+  /** The output of the last committed step, until it is revealed or another step runs. */
+  held?: { receipt: StepReceipt; frame: Uint8Array };
 }
 
 export class SpanHandlers {
@@ -106,6 +111,10 @@ export class SpanHandlers {
           if (!session) return await fail("NOT_OPEN", "send an open message first");
           if (!session.open) return; // closed for idleness meanwhile; its owner was told
           await this.runStep(session, message.step);
+        } else if (message.kind === Kind.Reveal) {
+          if (!session) return await fail("NOT_OPEN", "send an open message first");
+          if (!session.open) return;
+          await this.reveal(session, message.stepId);
         } else if (message.kind === Kind.Link) {
           if (!session) return await fail("NOT_OPEN", "send an open message first");
           if (!session.request.sessionId) return await fail("BAD_STEP", "linking needs a session opened with a sessionId");
@@ -127,11 +136,21 @@ export class SpanHandlers {
   private runStep(session: ServerSession, step: StepRequest, pushed = false): Promise<void> {
     const state = this.stateOf(session);
     const reply = state.reply;
+    if (step.commit && step.push) {
+      // A pushed output would reach the next node before the reveal: refused, in step order, without using up the step id.
+      return this.server.inOrder(session, `refusing step ${step.stepId}`, async () => {
+        log("session %s: step %d refused: commit with push", session.label, step.stepId);
+        await reply(encodeControl(Kind.Error, { code: "BAD_STEP", message: `step ${step.stepId}: a committed step cannot be pushed` })).catch((e) =>
+          log("session %s: could not refuse step %d: %s", session.label, step.stepId, errorMessage(e)),
+        );
+      });
+    }
     return this.server.step(
       session,
       step,
       async (outcome: StepOutcome) => {
         if (outcome.kind === "duplicate") return;
+        state.held = undefined; // another step ran: a held output can no longer be revealed
         if (outcome.kind === "error") {
           await reply(encodeControl(Kind.Error, { code: outcome.code, message: outcome.message })).catch((e) =>
             log("session %s: could not send the error of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
@@ -149,14 +168,48 @@ export class SpanHandlers {
           inputHash: inputHash({ tokens: step.tokens, hidden: step.hidden?.data }),
           outputHash: sha256(outcome.frame),
         };
+        // Folded once per step: a committed step's receipt at the commit (the reveal resends it).
         const head = state.chain.fold(receipt);
         const signature = signedAt(state.chain.count) ? await signHead(this.key, head) : new Uint8Array(64);
+        if (step.commit) {
+          const committed: StepReceipt = { stepId: outcome.stepId, inputHash: receipt.inputHash, signature, outputHash: receipt.outputHash };
+          state.held = { receipt: committed, frame: outcome.frame };
+          await reply(encodeCommit(committed)).catch((e) =>
+            log("session %s: could not send the commitment of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
+          );
+          return;
+        }
         await reply(encodeResult(outcome.stepId, { inputHash: receipt.inputHash, signature }, outcome.frame)).catch((e) =>
           log("session %s: could not send the result of step %d: %s", session.label, outcome.stepId, errorMessage(e)),
         );
       },
       pushed,
     );
+  }
+
+  /**
+   * Answers a Reveal in step order: the held output of committed step `stepId` as its ordinary
+   * Result (the receipt sent with the commitment), then forgets it; NO_COMMIT when no output of
+   * that step is held (never committed, already revealed, or another step ran since).
+   */
+  private reveal(session: ServerSession, stepId: number): Promise<void> {
+    const state = this.stateOf(session);
+    return this.server.inOrder(session, `revealing step ${stepId}`, async () => {
+      if (!session.open) return;
+      const held = state.held;
+      if (!held || held.receipt.stepId !== stepId) {
+        const why = held ? `the output held is step ${held.receipt.stepId}'s` : "no committed output is held";
+        log("session %s: reveal of step %d refused: %s", session.label, stepId, why);
+        await state
+          .reply(encodeControl(Kind.Error, { code: "NO_COMMIT", message: `cannot reveal step ${stepId}: ${why}` }))
+          .catch((e) => log("session %s: could not refuse the reveal of step %d: %s", session.label, stepId, errorMessage(e)));
+        return;
+      }
+      state.held = undefined;
+      await state
+        .reply(encodeResult(stepId, held.receipt, held.frame))
+        .catch((e) => log("session %s: could not send the revealed result of step %d: %s", session.label, stepId, errorMessage(e)));
+    });
   }
 
   /** The state registered when the session was opened on its stream. */
@@ -207,10 +260,18 @@ export class SpanHandlers {
         if (message.kind !== Kind.Push) throw new ProtocolError("BAD_CODEC", `kind ${message.kind} on the push protocol`);
         const session = this.server.session(message.sessionId);
         const state = session && this.states.get(session);
-        // Unknown or unlinked sessions are ignored: the client relays the step itself.
-        if (!session || !state || state.link.prev !== from) {
+        // Unknown or unlinked sessions are ignored: the client relays the step itself. So is a
+        // committed step: only the client commits, and never with a push.
+        const refusal = !state
+          ? "no such session"
+          : state.link.prev !== from
+            ? "not the linked previous hop"
+            : message.step.commit
+              ? "a committed step"
+              : undefined;
+        if (!session || refusal) {
           this.stats.pushesIgnored++;
-          log("ignoring a push from %s into session %s: %s", from, message.sessionId.slice(0, 8), session ? "not the linked previous hop" : "no such session");
+          log("ignoring a push from %s into session %s: %s", from, message.sessionId.slice(0, 8), refusal ?? "no such session");
           continue;
         }
         void this.runStep(session, message.step, true);

@@ -1,5 +1,6 @@
 // The client's view of the swarm over js-libp2p: node records from the DHT (verified here, under
-// the client's clock), RTTs from ping, and span sessions as streams of the span protocol.
+// the client's clock), RTTs from ping, and span sessions as streams of the span protocol
+// (steps, chaining, and committed steps revealed on request).
 import "./node20.js";
 import { randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
@@ -7,12 +8,13 @@ import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import type { Multiaddr } from "@multiformats/multiaddr";
 import type { ForwardInput, ForwardOutput } from "../engine/interface.js";
-import { type Codec, decodeTensor, encodeTensor } from "../wire/tensor-frame.js";
+import { type Codec, type DecodedTensor, decodeTensor, encodeTensor } from "../wire/tensor-frame.js";
 import { blockHolders, fetchRecord } from "./dht.js";
 import type { SwarmHost } from "./host.js";
 import {
   decodeMessage,
   encodeControl,
+  encodeReveal,
   encodeStep,
   framedStream,
   Kind,
@@ -20,12 +22,12 @@ import {
   type Message,
   type PushTarget,
   SPAN_PROTOCOL,
-  type StepResult,
+  type StepReceipt,
 } from "./protocol.js";
 import { inputHash, type Receipt, ReceiptChain, signedAt, verifyHead } from "./receipt.js";
 import { type RecordBody, verifyRecord } from "./signed-record.js";
 import type { Hop, SpanRecord } from "./records.js";
-import type { BlockRange, RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
+import type { BlockRange, Commitment, RemoteSpan, SpanProvider, StepOptions } from "./route-session.js";
 import { errorMessage, logger } from "../log.js";
 
 const log = logger("swarm:provider");
@@ -205,7 +207,12 @@ export class Libp2pSpanProvider implements SpanProvider {
     return new Map([...this.known].map(([peer, e]) => [peer, e.rtt]));
   }
 
-  async open(hop: Hop, maxLength: number): Promise<RemoteSpan> {
+  /** The codec sessions use unless `open` is told otherwise. */
+  get codec(): Codec {
+    return this.opts.codec ?? "none";
+  }
+
+  async open(hop: Hop, maxLength: number, sessionOpts: { codec?: Codec } = {}): Promise<RemoteSpan> {
     if (!this.known.has(hop.peerId)) throw new SpanFailure(hop.peerId, "UNKNOWN_PEER", "no record known for this peer");
     let stream: Stream;
     try {
@@ -219,7 +226,8 @@ export class Libp2pSpanProvider implements SpanProvider {
       return undefined;
     });
     const addrs = (known?.addresses ?? []).map((a) => a.multiaddr.toString());
-    return RemoteSpanStream.open(stream, hop, maxLength, this.opts, addrs);
+    const opts = sessionOpts.codec ? { ...this.opts, codec: sessionOpts.codec } : this.opts;
+    return RemoteSpanStream.open(stream, hop, maxLength, opts, addrs);
   }
 }
 
@@ -234,6 +242,10 @@ class RemoteSpanStream implements RemoteSpan {
   private verifying: Promise<void> = Promise.resolve();
   private badReceipt?: string;
   private waiting?: (m: Uint8Array | Error) => void;
+  /** The committed step whose output the node holds (until it is revealed or another step is sent). */
+  private held?: number;
+  /** The last committed step: its reveal's Result is not folded into the receipt chain again. */
+  private lastCommitted?: number;
 
   private constructor(
     private readonly stream: Stream,
@@ -267,6 +279,7 @@ class RemoteSpanStream implements RemoteSpan {
     },
     pushed: async (stepId: number, count: number, allLogits: boolean, graceMs: number, input?: ForwardInput): Promise<ForwardOutput | undefined> => {
       this.checkReceipts();
+      this.held = undefined; // the node runs this step: it no longer holds a committed output
       const reply = await this.nextFor(stepId, graceMs);
       if (!reply) return undefined;
       // A pushed step ran on the previous hop's output, the values this client decoded from it.
@@ -275,22 +288,73 @@ class RemoteSpanStream implements RemoteSpan {
   };
 
   async forward(input: ForwardInput, opts: StepOptions): Promise<ForwardOutput> {
+    const { stepId, count, accepted } = await this.sendStep(input, opts, false);
+    const reply = await this.nextFor(stepId);
+    if (!reply) return this.fail("UNREACHABLE", `no answer to step ${stepId}`);
+    return this.result(reply, stepId, count, Boolean(opts.allLogits), accepted);
+  }
+
+  /**
+   * Runs a step whose output the node holds back: it answers with its receipt only (the
+   * commitment, admitted and folded into the receipt chain here as `forward` admits a result's),
+   * and `reveal()` fetches the output, which must come with the same receipt and hash to the
+   * committed value (else BAD_REVEAL). The node holds one output per session: sending another
+   * step first forfeits the reveal (NO_COMMIT). Not with `push`: the node would refuse it.
+   */
+  async commit(input: ForwardInput, opts: StepOptions): Promise<Commitment> {
+    if (opts.push) throw new RangeError("a committed step cannot be pushed: the next node would see its output before the reveal");
+    const { stepId, count, accepted } = await this.sendStep(input, opts, true);
+    const reply = await this.nextFor(stepId);
+    if (!reply || reply.kind !== Kind.Commit || reply.commit.stepId !== stepId) return this.fail("UNEXPECTED", `expected the commitment of step ${stepId}`);
+    const committed = reply.commit;
+    this.admitReceipt(committed, accepted);
+    // The node ran the step: its cache holds these tokens whether or not the output is revealed.
+    this.position += count;
+    this.held = this.lastCommitted = stepId;
+    let revealed: Promise<ForwardOutput> | undefined;
+    return {
+      stepId,
+      outputHash: committed.outputHash,
+      reveal: () => (revealed ??= this.reveal(committed, count, Boolean(opts.allLogits))),
+    };
+  }
+
+  /** Asks the node for a committed step's output and checks it against the commitment. */
+  private async reveal(committed: StepReceipt, count: number, allLogits: boolean): Promise<ForwardOutput> {
+    const { stepId } = committed;
+    this.checkReceipts();
+    if (this.held !== stepId) this.fail("NO_COMMIT", `step ${stepId}'s output is no longer held: another step was sent since its commitment`);
+    this.held = undefined;
+    await this.lp.write(encodeReveal(stepId));
+    const reply = await this.nextFor(stepId);
+    if (!reply || reply.kind !== Kind.Result || reply.result.stepId !== stepId)
+      return this.fail("UNEXPECTED", `expected the revealed result of step ${stepId}`);
+    const { result } = reply;
+    const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(b);
+    if (!same(result.outputHash, committed.outputHash)) this.fail("BAD_REVEAL", `the revealed output of step ${stepId} does not hash to the committed value`);
+    if (!same(result.inputHash, committed.inputHash) || !same(result.signature, committed.signature)) {
+      this.fail("BAD_REVEAL", `the revealed result of step ${stepId} carries another receipt than its commitment`);
+    }
+    return this.output(result.tensor, count, allLogits);
+  }
+
+  /** Writes a step (its position is the session's length so far) and says which input hashes its receipt may name. */
+  private async sendStep(input: ForwardInput, opts: StepOptions, commit: boolean): Promise<{ stepId: number; count: number; accepted: Uint8Array[] }> {
     this.checkReceipts();
     const stepId = opts.stepId ?? this.nextStep++;
     if (!input.tokens && !input.hidden) throw new RangeError("a step needs token ids or hidden states");
     const count = input.tokens ? input.tokens.length : (input.hidden?.length ?? 0) / this.opts.hiddenSize;
     const codec = this.opts.codec ?? "none";
     const frame = input.hidden && encodeTensor(input.hidden, [1, count, this.opts.hiddenSize], codec);
+    this.held = undefined; // the node discards a held output when another step runs
     await this.lp.write(
-      encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, tokens: input.tokens, frame }),
+      encodeStep({ stepId, startFromPosition: this.position, allLogits: Boolean(opts.allLogits), push: opts.push, commit, tokens: input.tokens, frame }),
     );
     // The node hashes the values it ran on: this frame as it decodes it, or, when the previous
     // hop's push of the same step won the race, that hop's output as this client received it.
     const accepted = [inputHash(input)];
     if (frame && codec !== "none") accepted.push(inputHash({ hidden: decodeTensor(frame).data }));
-    const reply = await this.nextFor(stepId);
-    if (!reply) return this.fail("UNREACHABLE", `no answer to step ${stepId}`);
-    return this.result(reply, stepId, count, Boolean(opts.allLogits), accepted);
+    return { stepId, count, accepted };
   }
 
   /** Every step's receipt from this node, in order (evidence of what it computed). */
@@ -308,7 +372,7 @@ class RemoteSpanStream implements RemoteSpan {
    * node may have run on), then it joins the receipt chain, whose signatures are checked on the
    * thread pool, off the critical path; a bad one fails the next step.
    */
-  private admitReceipt(result: StepResult, accepted: readonly Uint8Array[] | undefined): void {
+  private admitReceipt(result: StepReceipt, accepted: readonly Uint8Array[] | undefined): void {
     const claimed = Buffer.from(result.inputHash);
     if (accepted && !accepted.some((h) => claimed.equals(h))) {
       this.fail("BAD_RECEIPT", `the receipt of step ${result.stepId} names an input this client did not send`);
@@ -317,7 +381,7 @@ class RemoteSpanStream implements RemoteSpan {
   }
 
   /** Folds a result into this session's receipt chain (as the node did) and checks the node's signature where it must sign. */
-  private foldReceipt(result: StepResult): void {
+  private foldReceipt(result: StepReceipt): void {
     const fields = {
       sessionId: this.sessionId,
       stepId: result.stepId,
@@ -351,15 +415,18 @@ class RemoteSpanStream implements RemoteSpan {
   }
 
   /**
-   * The next message for step `stepId`: results of earlier steps still in the stream (a step the
-   * client gave up on, whose later hops answered anyway) are dropped, not mistaken for this one.
+   * The next message for step `stepId`: results (or commitments) of earlier steps still in the
+   * stream (a step the client gave up on, whose later hops answered anyway) are dropped, not
+   * mistaken for this one.
    */
   private async nextFor(stepId: number, graceMs?: number): Promise<Message | undefined> {
     for (;;) {
       const reply = graceMs === undefined ? await this.receive() : await this.receive(graceMs);
-      if (!reply || reply.kind !== Kind.Result || reply.result.stepId >= stepId) return reply;
-      this.foldReceipt(reply.result); // the node's chain holds every result it sent
-      log.trace("peer %s session %s: dropping the late result of step %d", this.hop.peerId, this.sessionId, reply.result.stepId);
+      const late = reply?.kind === Kind.Result ? reply.result : reply?.kind === Kind.Commit ? reply.commit : undefined;
+      if (!late || late.stepId >= stepId) return reply;
+      // The node's chain holds every result and commitment it sent, each step once: a reveal's result was folded as its commitment.
+      if (!(reply?.kind === Kind.Result && late.stepId === this.lastCommitted)) this.foldReceipt(late);
+      log.trace("peer %s session %s: dropping the late answer to step %d", this.hop.peerId, this.sessionId, late.stepId);
     }
   }
 
@@ -367,13 +434,18 @@ class RemoteSpanStream implements RemoteSpan {
   private result(reply: Message, stepId: number, count: number, allLogits: boolean, accepted?: readonly Uint8Array[]): ForwardOutput {
     if (reply.kind !== Kind.Result || reply.result.stepId !== stepId) this.fail("UNEXPECTED", `expected the result of step ${stepId}`);
     this.admitReceipt(reply.result, accepted);
-    const { data, shape } = reply.result.tensor;
+    const output = this.output(reply.result.tensor, count, allLogits);
+    this.position += count;
+    return output;
+  }
+
+  /** A step's output, checked against the shape `count` tokens give on this span. */
+  private output({ data, shape }: DecodedTensor, count: number, allLogits: boolean): ForwardOutput {
     const head = this.hop.end === this.opts.numBlocks;
     const [width, rows] = head ? [this.opts.vocabSize, allLogits ? count : 1] : [this.opts.hiddenSize, count];
     if (shape.length !== 3 || shape[0] !== 1 || shape[1] !== rows || shape[2] !== width) {
       this.fail("BAD_SHAPE", `result of shape [${shape}] for ${count} tokens, expected [1, ${rows}, ${width}]`);
     }
-    this.position += count;
     return head ? { logits: data } : { hidden: data };
   }
 

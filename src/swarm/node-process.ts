@@ -22,10 +22,12 @@ export interface NodeProcess {
 
 /** Starts a node serving [start, end) of `model`; resolves once it listens. */
 export function spawnNode(model: string, start: number, end: number, extraArgs: string[] = []): Promise<NodeProcess> {
-  const proc = spawn(process.execPath, cliArgs("node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs), {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: process.env,
-  });
+  return spawnListening(cliArgs("node", "--model", model, "--blocks", `${start}:${end}`, ...extraArgs), `node [${start}, ${end})`);
+}
+
+/** Runs `node ...args` (a program that prints `listening <multiaddr>`); resolves once it listens, rejects if it exits first. */
+export function spawnListening(args: string[], what: string): Promise<NodeProcess> {
+  const proc = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: process.env });
   return new Promise((resolve, reject) => {
     let out = "";
     let err = "";
@@ -35,7 +37,7 @@ export function spawnNode(model: string, start: number, end: number, extraArgs: 
       if (m?.[1]) resolve({ proc, addr: m[1], stderr: () => err });
     });
     proc.stderr.on("data", (d) => (err += d));
-    proc.on("exit", (code) => reject(new Error(`node [${start}, ${end}) exited with code ${code}: ${err.trim()}`)));
+    proc.on("exit", (code) => reject(new Error(`${what} exited with code ${code}: ${err.trim()}`)));
   });
 }
 

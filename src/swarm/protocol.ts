@@ -2,6 +2,12 @@
 // is length-prefixed and starts with its kind. Control messages are small JSON objects, tensors
 // travel as binary tensor frames (src/wire). Everything a peer sends is validated here, so the
 // node and the client only ever see well-formed values.
+//
+// Commit-reveal (consensus verification, arXiv 2407.19401): a step flagged `commit` is answered
+// with a Commit message, the result's receipt without its tensor, and the node holds the encoded
+// output frame until the client sends Reveal for that step id, answered by the ordinary Result
+// (the same receipt; the receipt chain folds once, at the commit). Verifiers of one step so all
+// commit before any of them sees another's answer.
 import type { Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
 import { decodeTensor, encodeTensor, type Codec, CODECS, type DecodedTensor } from "../wire/tensor-frame.js";
@@ -25,7 +31,18 @@ export const enum Kind {
   Link = 6,
   /** Node → node on the push protocol: a step for the receiver's session `sessionId`. */
   Push = 7,
+  /** Node → client: the receipt of a committed step (its output hash), the output held back. */
+  Commit = 8,
+  /** Client → node: send the output held for a committed step (answered by its Result). */
+  Reveal = 9,
 }
+
+/** The step message's flag bits. */
+const FLAG_ALL_LOGITS = 1;
+const FLAG_TOKENS = 2;
+const FLAG_PUSH = 4;
+const FLAG_COMMIT = 8;
+const FLAGS = FLAG_ALL_LOGITS | FLAG_TOKENS | FLAG_PUSH | FLAG_COMMIT;
 
 /** Session ids are 16 random bytes, hex: chosen by the client, known to it and the route only. */
 const SESSION_ID = /^[0-9a-f]{32}$/;
@@ -60,18 +77,25 @@ export interface StepRequest {
   allLogits: boolean;
   /** Push the output to the session's next hop (and so on down the route). */
   push: boolean;
+  /** Answer with a Commit (the receipt only) and hold the output until a Reveal; nodes refuse it with `push`. */
+  commit: boolean;
   tokens?: Int32Array;
   hidden?: DecodedTensor;
 }
 
-export interface StepResult {
+/** What a node answers a step with, besides its output: its receipt (src/swarm/receipt.ts). */
+export interface StepReceipt {
   stepId: number;
-  tensor: DecodedTensor;
-  /** The node's receipt: the hash of the input it ran on and its signature (src/swarm/receipt.ts). */
+  /** sha256 of the input the node ran on. */
   inputHash: Uint8Array;
+  /** The node's signature over its receipt chain's head, or 64 zero bytes on the steps it does not sign. */
   signature: Uint8Array;
-  /** sha256 of the tensor frame as received (what the receipt's output hash covers). */
+  /** sha256 of the output tensor frame: as received in a Result, as the node states it in a Commit. */
   outputHash: Uint8Array;
+}
+
+export interface StepResult extends StepReceipt {
+  tensor: DecodedTensor;
 }
 
 /** What a node announces about itself (signed, in the DHT). */
@@ -119,6 +143,7 @@ export function encodeStep(step: {
   startFromPosition: number;
   allLogits: boolean;
   push?: boolean;
+  commit?: boolean;
   tokens?: ArrayLike<number>;
   hidden?: { data: Float32Array; shape: number[]; codec: Codec };
   frame?: Uint8Array;
@@ -131,7 +156,7 @@ export function encodeStep(step: {
   out[0] = Kind.Step;
   view.setUint32(1, step.stepId, true);
   view.setUint32(5, step.startFromPosition, true);
-  out[9] = (step.allLogits ? 1 : 0) | (step.tokens ? 2 : 0) | (step.push ? 4 : 0);
+  out[9] = (step.allLogits ? FLAG_ALL_LOGITS : 0) | (step.tokens ? FLAG_TOKENS : 0) | (step.push ? FLAG_PUSH : 0) | (step.commit ? FLAG_COMMIT : 0);
   out.set(payload, 10);
   return out;
 }
@@ -147,7 +172,7 @@ export function encodePush(sessionId: string, step: Uint8Array): Uint8Array {
 
 /** A result message: kind, u32 step id, the receipt (32-byte input hash, 64-byte signature), then the encoded tensor frame. */
 export function encodeResult(stepId: number, receipt: { inputHash: Uint8Array; signature: Uint8Array }, frame: Uint8Array): Uint8Array {
-  if (receipt.inputHash.byteLength !== 32 || receipt.signature.byteLength !== 64) throw new RangeError("a receipt is a 32-byte hash and a 64-byte signature");
+  checkReceipt(receipt);
   const out = new Uint8Array(5 + RECEIPT_BYTES + frame.byteLength);
   out[0] = Kind.Result;
   new DataView(out.buffer).setUint32(1, stepId, true);
@@ -155,6 +180,34 @@ export function encodeResult(stepId: number, receipt: { inputHash: Uint8Array; s
   out.set(receipt.signature, 37);
   out.set(frame, 5 + RECEIPT_BYTES);
   return out;
+}
+
+/** A commit message: kind, u32 step id, the receipt (32-byte input hash, 64-byte signature), the 32-byte sha256 of the held output frame. */
+export function encodeCommit(receipt: StepReceipt): Uint8Array {
+  checkReceipt(receipt);
+  if (receipt.outputHash.byteLength !== 32) throw new RangeError("an output hash is 32 bytes");
+  const out = new Uint8Array(COMMIT_BYTES);
+  out[0] = Kind.Commit;
+  new DataView(out.buffer).setUint32(1, receipt.stepId, true);
+  out.set(receipt.inputHash, 5);
+  out.set(receipt.signature, 37);
+  out.set(receipt.outputHash, 5 + RECEIPT_BYTES);
+  return out;
+}
+
+/** A reveal message: kind, u32 id of the committed step whose output the client asks for. */
+export function encodeReveal(stepId: number): Uint8Array {
+  const out = new Uint8Array(REVEAL_BYTES);
+  out[0] = Kind.Reveal;
+  new DataView(out.buffer).setUint32(1, stepId, true);
+  return out;
+}
+
+const COMMIT_BYTES = 5 + RECEIPT_BYTES + 32;
+const REVEAL_BYTES = 5;
+
+function checkReceipt(receipt: { inputHash: Uint8Array; signature: Uint8Array }): void {
+  if (receipt.inputHash.byteLength !== 32 || receipt.signature.byteLength !== 64) throw new RangeError("a receipt is a 32-byte hash and a 64-byte signature");
 }
 
 /** A span or push stream read and written as length-prefixed messages of up to MAX_MESSAGE_BYTES. */
@@ -172,7 +225,9 @@ export type Message =
   | { kind: Kind.Result; result: StepResult }
   | { kind: Kind.Error; error: ErrorMessage }
   | { kind: Kind.Link; link: LinkRequest }
-  | { kind: Kind.Push; sessionId: string; step: StepRequest };
+  | { kind: Kind.Push; sessionId: string; step: StepRequest }
+  | { kind: Kind.Commit; commit: StepReceipt }
+  | { kind: Kind.Reveal; stepId: number };
 
 export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message {
   if (bytes.byteLength === 0) throw new ProtocolError("BAD_LENGTH", "empty message");
@@ -224,14 +279,16 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
       if (body.byteLength < 9) throw new ProtocolError("BAD_LENGTH", "step message shorter than its header");
       const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
       const flags = body[8]!;
+      if (flags & ~FLAGS) throw new ProtocolError("BAD_CODEC", `unknown step flags 0x${flags.toString(16)}`);
       const payload = body.subarray(9);
       const step: StepRequest = {
         stepId: view.getUint32(0, true),
         startFromPosition: view.getUint32(4, true),
-        allLogits: (flags & 1) !== 0,
-        push: (flags & 4) !== 0,
+        allLogits: (flags & FLAG_ALL_LOGITS) !== 0,
+        push: (flags & FLAG_PUSH) !== 0,
+        commit: (flags & FLAG_COMMIT) !== 0,
       };
-      if (flags & 2) {
+      if (flags & FLAG_TOKENS) {
         if (payload.byteLength === 0 || payload.byteLength % 4 !== 0) throw new ProtocolError("BAD_LENGTH", `token payload of ${payload.byteLength} bytes`);
         step.tokens = new Int32Array(new Uint8Array(payload).buffer);
       } else {
@@ -248,6 +305,18 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
         kind,
         result: { stepId, tensor, inputHash: body.slice(4, 36), signature: body.slice(36, 4 + RECEIPT_BYTES), outputHash: sha256(frame) },
       };
+    }
+    case Kind.Commit: {
+      if (bytes.byteLength !== COMMIT_BYTES) throw new ProtocolError("BAD_LENGTH", `commit of ${bytes.byteLength} bytes, not ${COMMIT_BYTES}`);
+      const stepId = new DataView(body.buffer, body.byteOffset, 4).getUint32(0, true);
+      return {
+        kind,
+        commit: { stepId, inputHash: body.slice(4, 36), signature: body.slice(36, 4 + RECEIPT_BYTES), outputHash: body.slice(4 + RECEIPT_BYTES) },
+      };
+    }
+    case Kind.Reveal: {
+      if (bytes.byteLength !== REVEAL_BYTES) throw new ProtocolError("BAD_LENGTH", `reveal of ${bytes.byteLength} bytes, not ${REVEAL_BYTES}`);
+      return { kind, stepId: new DataView(body.buffer, body.byteOffset, 4).getUint32(0, true) };
     }
     default:
       throw new ProtocolError("BAD_CODEC", `unknown message kind ${kind}`);

@@ -277,9 +277,17 @@ export class SpanServer {
       }
       await deliver(outcome);
     };
-    const next = session.queue.then(run, run);
-    // Never rejects: a failure to deliver is the owner's to report; the session's next step still runs.
-    session.queue = next.catch((e) => log.error("session %s: delivering step %d failed: %s", session.label, step.stepId, errorMessage(e)));
+    return this.inOrder(session, `delivering step ${step.stepId}`, run);
+  }
+
+  /**
+   * Runs `task` in the session's step order: after the steps queued before it, before those
+   * queued after (the owner's answers that are not steps: a committed step's reveal, a refusal).
+   * Never rejects: a failure is logged as `what`, and the session's next step still runs.
+   */
+  inOrder(session: ServerSession, what: string, task: () => Promise<void>): Promise<void> {
+    const next = session.queue.then(task, task);
+    session.queue = next.catch((e) => log.error("session %s: %s failed: %s", session.label, what, errorMessage(e)));
     return session.queue;
   }
 

@@ -7,6 +7,8 @@ import { PRESETS, writeGgufTestModel, writeHfTestModel, type GgufWriteOptions } 
 
 export const workDir = mkdtempSync(join(tmpdir(), "tessera-test-"));
 process.env.TESSERA_CACHE = join(workDir, "cache");
+// The reputation ledger of every client a test runs.
+process.env.TESSERA_HOME = join(workDir, "home");
 after(() => rmSync(workDir, { recursive: true, force: true }));
 
 const written = new Map<string, Promise<string>>();
