@@ -269,6 +269,25 @@ test("with no other server for its blocks, a failing route gives up with the err
   }
 });
 
+test("a swarm of many failing nodes does not exhaust the client: it bans each and moves on while an honest node covers the blocks", async () => {
+  const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
+  const sybils = Array.from({ length: 12 }, (_, i) => ({ peerId: `sybil${i}`, start: 0, end: 4, rps: 1e6 }));
+  const swarm = new InProcessSwarm(checkpoint, [...sybils, { peerId: "honest", start: 0, end: 4, rps: 10 }]);
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 64 });
+  try {
+    for (const s of sybils) swarm.dead.add(s.peerId);
+    const expected = await greedy(local.openSession(32), [1, 2, 3], 4);
+    const failovers: string[] = [];
+    const session = await RouteSession.open(swarm, { numBlocks: 4, maxLength: 32, onFailover: (e) => failovers.push(e.peerId) });
+    assert.deepEqual(await greedy(session, [1, 2, 3], 4), expected);
+    assert.equal(new Set(failovers).size, 12, "every failing node was tried once and banned");
+    assert.deepEqual(session.route, [{ peerId: "honest", start: 0, end: 4 }]);
+  } finally {
+    await local.release();
+    await swarm.release();
+  }
+});
+
 test("a step that fails part-way rolls back the hops that ran it: once the node is back, the session goes on as if it never happened", async () => {
   const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
   const swarm = new InProcessSwarm(checkpoint, [

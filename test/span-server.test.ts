@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type ForwardInput, type ForwardOutput, SessionError, type SpanRuntime, type SpanSession } from "../src/engine/interface.js";
-import { type ServerSession, SpanServer, type SpanServerOptions, type StepOutcome } from "../src/swarm/span-server.js";
+import { MAX_QUEUED_PUSHES, type ServerSession, SpanServer, type SpanServerOptions, type StepOutcome } from "../src/swarm/span-server.js";
 import { decodeTensor } from "../src/wire/tensor-frame.js";
 
 const HIDDEN = 4;
@@ -80,10 +80,17 @@ async function open(s: SpanServer, start: number, end: number, maxLength = 8, se
   return r.session;
 }
 
-async function step(s: SpanServer, session: ServerSession, stepId: number, rows: number, startFromPosition = session.engine.length): Promise<StepOutcome> {
+async function step(
+  s: SpanServer,
+  session: ServerSession,
+  stepId: number,
+  rows: number,
+  startFromPosition = session.engine.length,
+  pushed = false,
+): Promise<StepOutcome> {
   let got: StepOutcome | undefined;
   const hidden = { data: new Float32Array(rows * HIDDEN), shape: [1, rows, HIDDEN] };
-  await s.step(session, { stepId, startFromPosition, allLogits: false, hidden }, async (o) => void (got = o));
+  await s.step(session, { stepId, startFromPosition, allLogits: false, hidden }, async (o) => void (got = o), pushed);
   assert.ok(got, "every step is answered");
   return got;
 }
@@ -114,14 +121,114 @@ test("a session id is unique while its session is open", async () => {
   assert.equal(s.session(id), undefined);
 });
 
-test("a step id runs once: a repeat (a relayed copy of a pushed step) is answered as a duplicate", async () => {
+test("a step id runs once: the relayed copy of a pushed step is a silent duplicate; any other repeat, id 0 or an id past 2^32-1 gets BAD_STEP", async () => {
   const { s } = await server();
   const session = await open(s, 2, 4);
-  const first = await step(s, session, 1, 2);
+  const first = await step(s, session, 1, 2, 0, true);
   assert.equal(first.kind, "result");
-  assert.equal((await step(s, session, 1, 2)).kind, "duplicate");
+  assert.deepEqual(await step(s, session, 1, 2), { kind: "duplicate", stepId: 1, raced: true });
   assert.equal(session.engine.length, 2, "the duplicate did not run");
   assert.equal(s.stats.steps, 1);
+  assert.equal((await step(s, session, 2, 1)).kind, "result");
+  for (const id of [2, 0, 2 ** 32]) {
+    const o = await step(s, session, id, 1);
+    assert.ok(o.kind === "error" && o.code === "BAD_STEP", `step id ${id}: ${JSON.stringify(o)}`);
+  }
+  assert.equal(session.engine.length, 3, "refused steps did not run");
+  assert.equal((await step(s, session, 7, 1)).kind, "result", "ids may skip ahead");
+});
+
+test("one peer holds at most its share of the KV budget; other peers still open", async () => {
+  const { s } = await server({ cacheTokens: 400, peerCacheShare: 0.25 });
+  const as = (peer: string) => ({ peer, closed: () => undefined });
+  const req = { start: 2, end: 6, maxLength: 8, codec: "none" as const }; // 32 token-blocks each
+  const mine: ServerSession[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await s.open(req, as("attacker"));
+    assert.ok(r.ok);
+    mine.push(r.session);
+  }
+  const fourth = await s.open(req, as("attacker"));
+  assert.ok(!fourth.ok && fourth.code === "CACHE_FULL" && /one peer may hold 100/.test(fourth.message), JSON.stringify(fourth));
+  assert.equal((await s.open(req, as("honest"))).ok, true);
+  s.close(mine[0]!);
+  assert.equal((await s.open(req, as("attacker"))).ok, true, "closing frees the peer's share");
+});
+
+test("pushes get backpressure: past MAX_QUEUED_PUSHES queued on a session, pushes are refused until the queue drains", async () => {
+  const { s } = await server();
+  const session = await open(s, 2, 4);
+  let hold!: () => void;
+  const slow = new Promise<void>((r) => (hold = r));
+  const deliveries: Promise<void>[] = [];
+  // The first pushed step waits on `slow` in its delivery, so later pushes queue behind it.
+  deliveries.push(
+    s.step(session, { stepId: 1, startFromPosition: 0, allLogits: false, hidden: { data: new Float32Array(HIDDEN), shape: [1, 1, HIDDEN] } }, () => slow, true),
+  );
+  let accepted = 1;
+  while (s.acceptsPush(session)) {
+    accepted++;
+    const id = accepted;
+    deliveries.push(
+      s.step(
+        session,
+        { stepId: id, startFromPosition: id - 1, allLogits: false, hidden: { data: new Float32Array(HIDDEN), shape: [1, 1, HIDDEN] } },
+        async () => undefined,
+        true,
+      ),
+    );
+    assert.ok(accepted < 100, "backpressure never came");
+  }
+  assert.equal(accepted, MAX_QUEUED_PUSHES);
+  hold();
+  await Promise.all(deliveries);
+  assert.ok(s.acceptsPush(session), "the queue drained");
+});
+
+test("fair scheduling: a peer's long prefill runs in chunks, and another peer's step runs between them", async () => {
+  const order: string[] = [];
+  const { s } = await server({
+    maxSessionLength: 64,
+    cacheTokens: 1000,
+    prefillChunk: 4,
+    load: async (a, b) => {
+      const rt = standIn(a, b, []);
+      return {
+        ...rt,
+        maxSequence: 64,
+        openSession(n: number) {
+          const inner = rt.openSession(n);
+          return {
+            get length() {
+              return inner.length;
+            },
+            maxLength: inner.maxLength,
+            forward: async (input: ForwardInput) => {
+              order.push(`${n}:${(input.hidden?.length ?? 0) / HIDDEN}`);
+              await new Promise((r) => setTimeout(r, 5));
+              return inner.forward(input);
+            },
+            truncate: (p: number) => inner.truncate(p),
+            close: () => inner.close(),
+          };
+        },
+      };
+    },
+  });
+  order.length = 0;
+  const as = (peer: string) => ({ peer, closed: () => undefined });
+  const big = await s.open({ start: 2, end: 4, maxLength: 40, codec: "none" }, as("prefiller"));
+  const small = await s.open({ start: 2, end: 4, maxLength: 8, codec: "none" }, as("decoder"));
+  assert.ok(big.ok && small.ok);
+  const long = step(s, big.session, 1, 32);
+  await new Promise((r) => setTimeout(r, 1)); // the prefill's first chunk is running
+  const short = step(s, small.session, 1, 1);
+  const [outLong, outShort] = await Promise.all([long, short]);
+  assert.equal(outLong.kind, "result");
+  assert.equal(outShort.kind, "result");
+  assert.equal(decodeTensor((outLong as { frame: Uint8Array }).frame).shape[1], 32, "the chunks' rows make up the step's output");
+  const at = order.indexOf("8:1");
+  assert.ok(at > 0 && at <= 2, `the decode step ran after at most two of the prefill's 8 chunks: ${order.join(" ")}`);
 });
 
 test("outputs are encoded frames: hidden states have been through exactly the session's blocks", async () => {

@@ -5,10 +5,10 @@
 // frame per session) until the client reveals it.
 import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { errorMessage, logger } from "../log.js";
 import { ProtocolError } from "../wire/errors.js";
-import type { SwarmHost } from "./host.js";
+import { SESSION_TAG, SESSION_TAG_VALUE, type SwarmHost, tagPeer } from "./host.js";
+import { framingDefaults, ShareOfBudget } from "./framing.js";
 import { answerProbe, PROBE_PROTOCOL } from "./link-probe.js";
 import {
   decodeMessage,
@@ -31,6 +31,9 @@ import type { OpenResult, ServerSession, SpanServer, StepOutcome } from "./span-
 
 const log = logger("swarm:handler");
 
+/** One peer's messages in flight may take at most this share of the node's buffer budget. */
+export const PEER_BUFFER_SHARE = 0.25;
+
 type Send = (bytes: Uint8Array) => Promise<void>;
 
 /** What the handlers keep per session: where its results and outputs go, who may push into it, its receipts. */
@@ -51,6 +54,10 @@ export class SpanHandlers {
   private states = new WeakMap<ServerSession, SessionState>();
   /** Pushes dropped because their session is unknown or was not linked to the pushing peer. */
   readonly stats = { pushesIgnored: 0 };
+  /** Open sessions per peer: a peer with one is tagged, so connection pruning keeps it (host.ts). */
+  private readonly sessionsOf = new Map<string, number>();
+  /** Each peer's share of the node's budget for incoming messages, while it has streams open. */
+  private readonly budgets = new Map<string, { budget: ShareOfBudget; streams: number }>();
 
   constructor(
     private readonly host: SwarmHost,
@@ -67,7 +74,7 @@ export class SpanHandlers {
 
   /** One session on one stream of the span protocol. */
   private async serveSession(stream: Stream, from: string): Promise<void> {
-    const lp = framedStream(stream);
+    const lp = framedStream(stream, { budget: this.budgetOf(from, +1) });
     const send: Send = async (bytes) => {
       await lp.write(bytes);
     };
@@ -106,6 +113,7 @@ export class SpanHandlers {
           if (!opened.ok) return await fail(opened.code, opened.message);
           session = opened.session;
           this.states.set(session, { link: {}, reply: send, chain: new ReceiptChain() });
+          this.countSession(from, +1);
           await send(encodeControl(Kind.Opened, { start: session.request.start, end: session.request.end }));
         } else if (message.kind === Kind.Step) {
           if (!session) return await fail("NOT_OPEN", "send an open message first");
@@ -127,8 +135,38 @@ export class SpanHandlers {
         }
       }
     } finally {
-      if (session) this.server.close(session);
+      this.budgetOf(from, -1);
+      if (session) {
+        this.server.close(session);
+        this.countSession(from, -1);
+      }
       await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
+    }
+  }
+
+  /**
+   * The buffer budget of `peer`'s streams (PEER_BUFFER_SHARE of the node's, within it), counting
+   * its open streams by `delta`; forgotten with its last stream.
+   */
+  private budgetOf(peer: string, delta: 1 | -1): ShareOfBudget {
+    let entry = this.budgets.get(peer);
+    if (!entry) {
+      const shared = framingDefaults.budget;
+      entry = { budget: new ShareOfBudget(Math.floor(shared.limit * PEER_BUFFER_SHARE), shared), streams: 0 };
+      this.budgets.set(peer, entry);
+    }
+    entry.streams += delta;
+    if (entry.streams <= 0) this.budgets.delete(peer);
+    return entry.budget;
+  }
+
+  /** Tags a peer while it has a session open here (and untags it after its last). */
+  private countSession(peer: string, delta: 1 | -1): void {
+    const n = (this.sessionsOf.get(peer) ?? 0) + delta;
+    if (n > 0) this.sessionsOf.set(peer, n);
+    else this.sessionsOf.delete(peer);
+    if ((delta > 0 && n === 1) || n === 0) {
+      void tagPeer(this.host, peer, SESSION_TAG, n > 0 ? SESSION_TAG_VALUE : null).catch((e) => log("could not tag peer %s: %s", peer, errorMessage(e)));
     }
   }
 
@@ -232,17 +270,14 @@ export class SpanHandlers {
     }
   }
 
+  /**
+   * A push stream to the next node. Its addresses come from what the node knows of that peer
+   * (identify's signed peer records, the DHT's peer routing), never from the client's link: a
+   * node does not store or dial addresses a stranger handed it for another peer.
+   */
   private async openPushStream(peerId: string, addrs: string[]): Promise<Send> {
     const id = peerIdFromString(peerId);
-    const known: Multiaddr[] = [];
-    for (const a of addrs) {
-      try {
-        known.push(multiaddr(a));
-      } catch (e) {
-        log("ignoring the client's unreadable address %s for %s: %s", a, peerId, errorMessage(e));
-      }
-    }
-    if (known.length) await this.host.peerStore.merge(id, { multiaddrs: known });
+    if (addrs.length) log.trace("not using the %d address(es) the client gave for %s: the node finds the peer itself", addrs.length, peerId);
     const lp = framedStream(await this.host.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) }));
     return async (bytes) => {
       await lp.write(bytes);
@@ -251,7 +286,7 @@ export class SpanHandlers {
 
   /** Steps pushed by previous nodes; only the peer the client linked as `prev` may push into a session. */
   private async acceptPushes(stream: Stream, from: string): Promise<void> {
-    const lp = framedStream(stream);
+    const lp = framedStream(stream, { budget: this.budgetOf(from, +1) });
     try {
       for (;;) {
         const bytes = await readFrame(lp, "push", from);
@@ -268,7 +303,9 @@ export class SpanHandlers {
             ? "not the linked previous hop"
             : message.step.commit
               ? "a committed step"
-              : undefined;
+              : !this.server.acceptsPush(session!)
+                ? "too many pushed steps queued on it (the client relays them)"
+                : undefined;
         if (!session || refusal) {
           this.stats.pushesIgnored++;
           log("ignoring a push from %s into session %s: %s", from, message.sessionId.slice(0, 8), refusal ?? "no such session");
@@ -280,6 +317,7 @@ export class SpanHandlers {
       // Garbage from a pushing peer: it gets no answer, and only its stream closes.
       log("closing the push stream from %s: %s", from, errorMessage(e));
     } finally {
+      this.budgetOf(from, -1);
       await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
     }
   }

@@ -3,7 +3,7 @@
 // can say how fast hidden states leave it (throughput is min(compute, network), as in hybrid sharding).
 import type { Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
-import { lpStream } from "@libp2p/utils";
+import { framed } from "./framing.js";
 import type { SwarmHost } from "./host.js";
 import { errorMessage, logger } from "../log.js";
 
@@ -15,7 +15,7 @@ export const PROBE_BYTES = 1 << 20;
 /** Reads one probe (at most PROBE_BYTES) and acknowledges it. */
 export async function answerProbe(stream: Stream): Promise<void> {
   try {
-    const lp = lpStream(stream, { maxDataLength: PROBE_BYTES });
+    const lp = framed(stream, { maxBytes: PROBE_BYTES });
     await lp.read({ signal: AbortSignal.timeout(10_000) });
     await lp.write(Uint8Array.of(1));
     await stream.close();
@@ -31,7 +31,7 @@ export async function probeLink(host: SwarmHost, peerId: string, timeoutMs = 500
   const signal = AbortSignal.timeout(timeoutMs);
   const stream = await host.dialProtocol(peerIdFromString(peerId), PROBE_PROTOCOL, { signal });
   try {
-    const lp = lpStream(stream, { maxDataLength: PROBE_BYTES });
+    const lp = framed(stream, { maxBytes: PROBE_BYTES });
     const t0 = performance.now();
     await lp.write(new Uint8Array(PROBE_BYTES), { signal });
     await lp.read({ signal });

@@ -45,6 +45,10 @@ export interface SpanNodeOptions {
   maxSubSpans?: number;
   /** Sees every step the node runs, as decoded from the wire (dashboards, tests of what a node sees). */
   onStep?: (step: ServerStep) => void;
+  /** Share of the KV budget one peer may hold (default PEER_CACHE_SHARE in span-server.ts). */
+  peerCacheShare?: number;
+  /** Multi-token steps run in chunks of this many tokens, scheduled fairly across peers (default PREFILL_CHUNK). */
+  prefillChunk?: number;
 }
 
 const DEFAULTS = { announceIntervalMs: 60_000, idleTimeoutMs: 300_000 };
@@ -67,7 +71,8 @@ export class SpanNode {
   static async start(options: SpanNodeOptions): Promise<SpanNode> {
     const c = options.model.config;
     const opts = { ...DEFAULTS, ...options };
-    const maxSessionLength = options.maxSessionLength ?? Math.min(2048, c.maxPositionEmbeddings);
+    // Never longer than the model's context: positions past it have no rotary angle the model was trained on.
+    const maxSessionLength = Math.min(options.maxSessionLength ?? 2048, c.maxPositionEmbeddings);
     const server = await SpanServer.create({
       numBlocks: c.numLayers,
       hiddenSize: c.hiddenSize,
@@ -80,6 +85,8 @@ export class SpanNode {
       idleTimeoutMs: opts.idleTimeoutMs,
       maxSubSpans: options.maxSubSpans,
       onStep: options.onStep,
+      peerCacheShare: options.peerCacheShare,
+      prefillChunk: options.prefillChunk,
     });
     const key = await generateKeyPair("Ed25519");
     let libp2p: SwarmHost;

@@ -9,9 +9,9 @@
 // (the same receipt; the receipt chain folds once, at the commit). Verifiers of one step so all
 // commit before any of them sees another's answer.
 import type { Stream } from "@libp2p/interface";
-import { lpStream } from "@libp2p/utils";
 import { decodeTensor, encodeTensor, type Codec, CODECS, type DecodedTensor } from "../wire/tensor-frame.js";
 import { ProtocolError } from "../wire/errors.js";
+import { type Framed, framed, type FramingOptions } from "./framing.js";
 import { RECEIPT_BYTES, sha256 } from "./receipt.js";
 
 export const SPAN_PROTOCOL = "/tessera/span/1.0.0";
@@ -210,10 +210,12 @@ function checkReceipt(receipt: { inputHash: Uint8Array; signature: Uint8Array })
   if (receipt.inputHash.byteLength !== 32 || receipt.signature.byteLength !== 64) throw new RangeError("a receipt is a 32-byte hash and a 64-byte signature");
 }
 
-/** A span or push stream read and written as length-prefixed messages of up to MAX_MESSAGE_BYTES. */
-export function framedStream(stream: Stream) {
-  stream.maxReadBufferLength = 2 * MAX_MESSAGE_BYTES;
-  return lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES });
+/**
+ * A span or push stream read and written as length-prefixed messages of up to MAX_MESSAGE_BYTES,
+ * with the bounds of src/swarm/framing.ts (the node-wide budget and deadlines unless `opts` says).
+ */
+export function framedStream(stream: Stream, opts?: Omit<FramingOptions, "maxBytes">): Framed {
+  return framed(stream, { ...opts, maxBytes: MAX_MESSAGE_BYTES });
 }
 
 // ------------------------------------------------------------------ decoding

@@ -114,8 +114,14 @@ export function pushGrace(latencyMs: number | undefined, capMs: number, factor =
 export interface RouteSessionOptions {
   numBlocks: number;
   maxLength: number;
-  /** Failovers allowed per step before giving up. */
+  /**
+   * Failovers allowed per step (and per re-route) before giving up: each failure bans its node and
+   * routes around it, so many failing or lying nodes cost attempts, not the session, while honest
+   * nodes cover the blocks. Default MAX_FAILOVERS, within `failoverBudgetMs`.
+   */
   maxRetries?: number;
+  /** Time a step (or a re-route) may spend failing over before giving up (default FAILOVER_BUDGET_MS). */
+  failoverBudgetMs?: number;
   now?: () => number;
   /**
    * Server-to-server: each node pushes its output straight to the next node; the client still
@@ -193,6 +199,11 @@ export interface VerificationReport {
   /** Known-answer trials run before routing through a node. */
   trials: { peerId: string; blocks: [number, number]; passed: boolean; error?: number }[];
 }
+
+/** Failovers per step at most (a cap on attempts; the budget that matters is in time). */
+export const MAX_FAILOVERS = 64;
+/** How long one step may spend on failovers before the session gives up. */
+export const FAILOVER_BUDGET_MS = 60_000;
 
 /** A node is lying about its throughput when its decode steps take this many times what it announced... */
 export const LIE_FACTOR = 5;
@@ -524,7 +535,8 @@ export class RouteSession implements LogitsSession {
   }
 
   private async forwardWithFailover(index: number, step: Step, route: RouteStep): Promise<ForwardOutput> {
-    const maxRetries = this.opts.maxRetries ?? 8;
+    const maxRetries = this.opts.maxRetries ?? MAX_FAILOVERS;
+    const deadline = this.now() + (this.opts.failoverBudgetMs ?? FAILOVER_BUDGET_MS);
     for (let attempt = 0; ; attempt++) {
       const live = this.hopAt(index);
       try {
@@ -536,7 +548,7 @@ export class RouteSession implements LogitsSession {
         this.accept(live, step, route, output, true);
         return output;
       } catch (error) {
-        if (attempt >= maxRetries) {
+        if (attempt >= maxRetries || this.now() > deadline) {
           log.error("%s: step %d failed, giving up after %d failovers: %s", describe(live), route.id, attempt, errorMessage(error));
           throw error;
         }
@@ -588,12 +600,14 @@ export class RouteSession implements LogitsSession {
 
   /** Routes [start, end) and opens a session on every hop; a node that refuses is banned and routed around. */
   private async connect(start: number, end: number, opts: { checkAll?: boolean } = {}): Promise<LiveHop[]> {
-    const maxRetries = this.opts.maxRetries ?? 8;
+    const maxRetries = this.opts.maxRetries ?? MAX_FAILOVERS;
+    const deadline = this.now() + (this.opts.failoverBudgetMs ?? FAILOVER_BUDGET_MS);
     for (let attempt = 0; ; attempt++) {
+      const over = attempt >= maxRetries || this.now() > deadline;
       const route = await this.planRoute(start, end);
       const failedTrial = await this.trialsFor(route);
       if (failedTrial) {
-        if (attempt >= maxRetries) throw new Error(`peer ${failedTrial} failed its trial`);
+        if (over) throw new Error(`peer ${failedTrial} failed its trial`);
         this.bans.ban(failedTrial, this.now());
         continue;
       }
@@ -610,7 +624,7 @@ export class RouteSession implements LogitsSession {
         return live;
       }
       for (const h of live) this.closeSpan(h, `another hop of blocks [${start}, ${end}) refused`);
-      if (attempt >= maxRetries) throw refused.reason;
+      if (over) throw refused.reason;
       log("peer %s refused blocks [%d, %d), routing around it: %s", refused.hop.peerId, refused.hop.start, refused.hop.end, errorMessage(refused.reason));
       this.bans.ban(refused.hop.peerId, this.now());
     }

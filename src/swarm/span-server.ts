@@ -11,7 +11,8 @@
 // neighbour's blocks, max-throughput routing) gets a runtime for exactly its sub-range, loaded on
 // first use and released with the last session on it: it costs its blocks' weights again while
 // in use, which the node accepts only within `maxSubSpans`.
-import type { ForwardInput, SpanLoader, SpanRuntime, SpanSession } from "../engine/interface.js";
+import type { ForwardInput, ForwardOutput, SpanLoader, SpanRuntime, SpanSession } from "../engine/interface.js";
+import { FairScheduler } from "./scheduler.js";
 import { SessionError } from "../engine/interface.js";
 import { errorMessage, logger } from "../log.js";
 import { ProtocolError } from "../wire/errors.js";
@@ -39,7 +40,22 @@ export interface SpanServerOptions {
   /** Sees every step the server runs (dashboards, tests of what a node sees). */
   onStep?: (step: ServerStep) => void;
   now?: () => number;
+  /** Share of the KV budget one peer may reserve over all its sessions (default PEER_CACHE_SHARE). */
+  peerCacheShare?: number;
+  /** Longer steps run as chunks of this many tokens, each scheduled on its own (default PREFILL_CHUNK). */
+  prefillChunk?: number;
+  /** Engine runs at once (default 1: a run already uses the engine's threads). */
+  concurrency?: number;
 }
+
+/** One peer may hold at most this share of a node's KV budget, so no peer can reserve a whole node. */
+export const PEER_CACHE_SHARE = 0.25;
+/** Multi-token steps run in chunks of this many tokens, so another session's step waits for one chunk at most. */
+export const PREFILL_CHUNK = 128;
+/** Pushed steps queued on one session beyond this are dropped (the client relays them): backpressure on pushes. */
+export const MAX_QUEUED_PUSHES = 4;
+/** Step ids are u32 and start at 1. */
+export const MAX_STEP_ID = 2 ** 32 - 1;
 
 export interface SessionRequest {
   start: number;
@@ -69,7 +85,8 @@ export type OpenResult = { ok: true; session: ServerSession } | { ok: false; cod
 export type StepOutcome =
   | { kind: "result"; stepId: number; frame: Uint8Array; hidden: boolean }
   | { kind: "error"; stepId: number; code: "BAD_STEP" | "INTERNAL"; message: string }
-  | { kind: "duplicate"; stepId: number };
+  /** Already run; `raced`: one of the two copies was pushed (the client relaying a slow push), so no second answer is due. */
+  | { kind: "duplicate"; stepId: number; raced: boolean };
 
 /** What the server tells the session's owner (the stream handler) when it closes a session itself. */
 export interface SessionOwner {
@@ -89,6 +106,12 @@ export class ServerSession {
   lastStepId = 0;
   queue: Promise<void> = Promise.resolve();
   open = true;
+  /** Steps queued or running. */
+  pending = 0;
+  /** Pushed steps queued or running. */
+  pendingPushes = 0;
+  /** Ids of recent steps that arrived pushed (a relayed copy of one is a race, not a client's mistake). */
+  readonly pushedIds = new Set<number>();
 
   constructor(
     readonly request: SessionRequest,
@@ -120,12 +143,25 @@ export function logitsCodec(session: Codec): Codec {
 
 const key = (start: number, end: number) => `${start}:${end}`;
 
+function concat(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 export class SpanServer {
   private held = new Map<string, Held>();
   private loading = new Map<string, Promise<SpanRuntime>>();
   private sessions = new Set<ServerSession>();
   private byId = new Map<string, ServerSession>();
   private reservedTokens = 0;
+  /** Token-blocks reserved per peer. */
+  private readonly reservedBy = new Map<string, number>();
+  private readonly scheduler: FairScheduler;
   private _start: number;
   private _end: number;
   /** Steps run, and how many of them arrived pushed by the previous node. */
@@ -136,6 +172,7 @@ export class SpanServer {
   private constructor(private readonly opts: SpanServerOptions) {
     this._start = opts.start;
     this._end = opts.end;
+    this.scheduler = new FairScheduler(opts.concurrency ?? 1);
   }
 
   /** Loads the span and measures it (a 32-token forward pass and five 1-token steps on a throwaway session). */
@@ -201,21 +238,34 @@ export class SpanServer {
     if (this.reservedTokens + reserved > this.opts.cacheTokens) {
       return refuse("CACHE_FULL", `no KV room: ${reserved} token-blocks asked, ${this.cacheTokensLeft} left`);
     }
+    const peer = owner.peer ?? "";
+    const peerCap = Math.floor(this.opts.cacheTokens * (this.opts.peerCacheShare ?? PEER_CACHE_SHARE));
+    const peerHolds = this.reservedBy.get(peer) ?? 0;
+    if (owner.peer !== undefined && peerHolds + reserved > Math.max(peerCap, reserved)) {
+      return refuse("CACHE_FULL", `peer ${peer} holds ${peerHolds} token-blocks of KV; one peer may hold ${peerCap} (of ${this.opts.cacheTokens})`);
+    }
     const whole = start === this._start && end === this._end;
     if (!whole && !this.held.has(key(start, end)) && this.subSpansHeld() >= (this.opts.maxSubSpans ?? 2)) {
       return refuse("CACHE_FULL", `already holding ${this.subSpansHeld()} sub-ranges of [${this._start}, ${this._end}); only the whole span is open now`);
     }
     this.reservedTokens += reserved; // before the await, so concurrent opens see it
+    this.reservedBy.set(peer, peerHolds + reserved);
+    const unreserve = () => {
+      this.reservedTokens -= reserved;
+      const left = (this.reservedBy.get(peer) ?? 0) - reserved;
+      if (left > 0) this.reservedBy.set(peer, left);
+      else this.reservedBy.delete(peer);
+    };
     let runtime: SpanRuntime;
     try {
       runtime = await this.runtime(start, end);
     } catch (e) {
-      this.reservedTokens -= reserved;
+      unreserve();
       log.error("loading blocks [%d, %d) for a session failed: %s", start, end, errorMessage(e));
       throw e;
     }
     if (request.sessionId && this.byId.has(request.sessionId)) {
-      this.reservedTokens -= reserved;
+      unreserve();
       this.releaseUnused();
       return refuse("BAD_SPAN", "that sessionId is taken");
     }
@@ -226,7 +276,7 @@ export class SpanServer {
     try {
       engine = runtime.openSession(maxLength);
     } catch (e) {
-      this.reservedTokens -= reserved;
+      unreserve();
       this.releaseUnused();
       if (e instanceof SessionError) return refuse("BAD_SPAN", e.message);
       throw e;
@@ -245,6 +295,10 @@ export class SpanServer {
     session.open = false;
     if (session.request.sessionId) this.byId.delete(session.request.sessionId);
     this.reservedTokens -= session.reserved;
+    const peer = session.owner.peer ?? "";
+    const left = (this.reservedBy.get(peer) ?? 0) - session.reserved;
+    if (left > 0) this.reservedBy.set(peer, left);
+    else this.reservedBy.delete(peer);
     session.engine.close();
     const held = this.held.get(session.runtimeKey);
     if (held) held.sessions--;
@@ -258,11 +312,25 @@ export class SpanServer {
    * step order, before the next step of the session starts.
    */
   step(session: ServerSession, step: ServerStep, deliver: (outcome: StepOutcome) => Promise<void>, pushed = false): Promise<void> {
+    session.pending++;
+    if (pushed) session.pendingPushes++;
     const run = async () => {
       if (!session.open) return;
-      if (step.stepId <= session.lastStepId) return deliver({ kind: "duplicate", stepId: step.stepId });
+      if (!(step.stepId >= 1 && step.stepId <= MAX_STEP_ID)) {
+        return deliver({ kind: "error", stepId: step.stepId, code: "BAD_STEP", message: `step ids run from 1 to ${MAX_STEP_ID}, got ${step.stepId}` });
+      }
+      if (step.stepId <= session.lastStepId) {
+        const raced = pushed || session.pushedIds.has(step.stepId);
+        if (raced) return deliver({ kind: "duplicate", stepId: step.stepId, raced });
+        const message = `step ${step.stepId} is not after the session's last step ${session.lastStepId}: step ids must increase`;
+        return deliver({ kind: "error", stepId: step.stepId, code: "BAD_STEP", message });
+      }
       this.stats.steps++;
-      if (pushed) this.stats.pushedIn++;
+      if (pushed) {
+        this.stats.pushedIn++;
+        session.pushedIds.add(step.stepId);
+        if (session.pushedIds.size > 64) session.pushedIds.delete(session.pushedIds.values().next().value!);
+      }
       session.lastStepId = step.stepId;
       session.lastUsed = this.now();
       this.opts.onStep?.(step);
@@ -277,7 +345,19 @@ export class SpanServer {
       }
       await deliver(outcome);
     };
-    return this.inOrder(session, `delivering step ${step.stepId}`, run);
+    return this.inOrder(session, `delivering step ${step.stepId}`, async () => {
+      try {
+        await run();
+      } finally {
+        session.pending--;
+        if (pushed) session.pendingPushes--;
+      }
+    });
+  }
+
+  /** Whether a push may be queued on the session now (MAX_QUEUED_PUSHES): pushes beyond it are dropped, and the client relays. */
+  acceptsPush(session: ServerSession): boolean {
+    return session.pendingPushes < MAX_QUEUED_PUSHES;
   }
 
   /**
@@ -397,11 +477,34 @@ export class SpanServer {
       count = h.data.length / hiddenSize;
     }
     const t0 = performance.now();
-    const out = await engine.forward(input, { allLogits: step.allLogits });
+    const out = await this.forwardFairly(session, input, count, step.allLogits);
     this.recordSpeed(count, end - start, performance.now() - t0);
     if (out.logits) return { frame: encodeTensor(out.logits, [1, out.logits.length / vocabSize, vocabSize], logitsCodec(codec)), hidden: false };
     if (!out.hidden) throw new Error("the engine returned neither logits nor hidden states");
     return { frame: encodeTensor(out.hidden, [1, out.hidden.length / hiddenSize, hiddenSize], codec), hidden: true };
+  }
+
+  /**
+   * Runs a step on the engine through the fair scheduler, in chunks of `prefillChunk` tokens, so
+   * a long prefill of one peer holds the engine for one chunk at a time. The chunks' outputs are
+   * the step's (hidden rows of every position; logits of the last, or of every one).
+   */
+  private async forwardFairly(session: ServerSession, input: ForwardInput, count: number, allLogits: boolean): Promise<ForwardOutput> {
+    const peer = session.owner.peer ?? "";
+    const chunk = Math.max(1, this.opts.prefillChunk ?? PREFILL_CHUNK);
+    if (count <= chunk) return this.scheduler.run(peer, count, () => session.engine.forward(input, { allLogits }));
+    const hiddenSize = this.opts.hiddenSize;
+    const parts: ForwardOutput[] = [];
+    for (let at = 0; at < count; at += chunk) {
+      const n = Math.min(chunk, count - at);
+      const part: ForwardInput = input.tokens
+        ? { tokens: Array.from(input.tokens).slice(at, at + n) }
+        : { hidden: input.hidden!.subarray(at * hiddenSize, (at + n) * hiddenSize) };
+      parts.push(await this.scheduler.run(peer, n, () => session.engine.forward(part, { allLogits })));
+      if (!session.open) throw new SessionError("the session closed during its step");
+    }
+    if (parts[0]?.hidden) return { hidden: concat(parts.map((p) => p.hidden!)) };
+    return { logits: allLogits ? concat(parts.map((p) => p.logits!)) : parts.at(-1)!.logits! };
   }
 
   private async measureThroughput(): Promise<void> {

@@ -9,5 +9,16 @@ export class ProtocolError extends Error {
   }
 }
 
+/** BUSY: no memory for a message now (src/swarm/framing.ts), retry on a new stream; TIMEOUT: a message not received within its deadline. */
 export type ProtocolErrorCode =
-  "BAD_MAGIC" | "BAD_VERSION" | "BAD_DTYPE" | "BAD_CODEC" | "BAD_SHAPE" | "BAD_LENGTH" | "BAD_CODEBOOK" | "TOO_LARGE" | "NON_FINITE_TENSOR";
+  | "BAD_MAGIC"
+  | "BAD_VERSION"
+  | "BAD_DTYPE"
+  | "BAD_CODEC"
+  | "BAD_SHAPE"
+  | "BAD_LENGTH"
+  | "BAD_CODEBOOK"
+  | "TOO_LARGE"
+  | "NON_FINITE_TENSOR"
+  | "BUSY"
+  | "TIMEOUT";
