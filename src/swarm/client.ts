@@ -5,9 +5,13 @@ import type { ModelConfig } from "../model/types.js";
 import type { Codec } from "../wire/tensor-frame.js";
 import { createSwarmHost, joinSwarm, type SwarmHost } from "./host.js";
 import { Libp2pSpanProvider, type ProviderOptions } from "./libp2p-provider.js";
+import { BanList } from "./bans.js";
 import { RouteSession, type RouteSessionOptions } from "./route-session.js";
 
 export class SwarmClient {
+  /** Nodes that failed any of this client's sessions, banned for all of them (with backoff). */
+  readonly bans = new BanList();
+
   private constructor(
     readonly libp2p: SwarmHost,
     readonly provider: Libp2pSpanProvider,
@@ -40,7 +44,7 @@ export class SwarmClient {
    * farther from them than they are from each other; `chained: true/false` forces either way.
    */
   openSession(maxLength: number, opts: Partial<RouteSessionOptions> = {}): Promise<RouteSession> {
-    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, chained: "auto", ...opts });
+    return RouteSession.open(this.provider, { numBlocks: this.config.numLayers, maxLength, chained: "auto", bans: this.bans, ...opts });
   }
 
   async close(): Promise<void> {

@@ -36,6 +36,12 @@ export const PEER_BUFFER_SHARE = 0.25;
 
 type Send = (bytes: Uint8Array) => Promise<void>;
 
+/** A session's stream to the next node for pushes; closed when the session is relinked, its push fails or it ends. */
+interface PushStream {
+  send: Send;
+  close(): void;
+}
+
 /** What the handlers keep per session: where its results and outputs go, who may push into it, its receipts. */
 interface SessionState {
   /** Where to push outputs, and which peer may push into the session. */
@@ -43,7 +49,7 @@ interface SessionState {
   /** Writes to the client's stream (results of steps from the client or pushed by the previous node). */
   reply: Send;
   /** Stream to the next node for pushes, opened on first use. */
-  pushTo?: Promise<Send>;
+  pushTo?: Promise<PushStream>;
   /** The receipt chain of every result and commitment sent on the session's stream, in order. */
   chain: ReceiptChain;
   /** The output of the last committed step, until it is revealed or another step runs. */
@@ -69,7 +75,10 @@ export class SpanHandlers {
   async register(): Promise<void> {
     await this.host.handle(SPAN_PROTOCOL, (stream, connection) => this.serveSession(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
     await this.host.handle(PROBE_PROTOCOL, (stream) => answerProbe(stream), { maxInboundStreams: 8 });
-    await this.host.handle(PUSH_PROTOCOL, (stream, connection) => this.acceptPushes(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
+    await this.host.handle(PUSH_PROTOCOL, (stream, connection) => this.acceptPushes(stream, connection.remotePeer.toString()), {
+      maxInboundStreams: 256,
+      maxOutboundStreams: 256,
+    });
   }
 
   /** One session on one stream of the span protocol. */
@@ -128,7 +137,7 @@ export class SpanHandlers {
           if (!session.request.sessionId) return await fail("BAD_STEP", "linking needs a session opened with a sessionId");
           const state = this.stateOf(session);
           state.link = message.link;
-          state.pushTo = undefined;
+          this.closePushStream(session, state, "relinked");
           log.trace("session %s linked: next %s, prev %s", session.label, message.link.next?.peerId ?? "none", message.link.prev ?? "none");
         } else {
           return await fail("UNEXPECTED", `message kind ${message.kind} is not for nodes`);
@@ -139,6 +148,8 @@ export class SpanHandlers {
       if (session) {
         this.server.close(session);
         this.countSession(from, -1);
+        const state = this.states.get(session);
+        if (state) this.closePushStream(session, state, "the session ended");
       }
       await stream.close().catch((e) => stream.abort(e instanceof Error ? e : new Error(String(e))));
     }
@@ -262,10 +273,10 @@ export class SpanHandlers {
     if (!next) return;
     try {
       state.pushTo ??= this.openPushStream(next.peerId, next.addrs);
-      const send = await state.pushTo;
-      await send(encodePush(next.sessionId, encodeStep({ ...step, tokens: undefined, hidden: undefined, frame })));
+      const to = await state.pushTo;
+      await to.send(encodePush(next.sessionId, encodeStep({ ...step, tokens: undefined, hidden: undefined, frame })));
     } catch (e) {
-      state.pushTo = undefined; // reopened on the next push; the client relays this step after its grace period
+      this.closePushStream(session, state, "its push failed"); // reopened on the next push; the client relays this step after its grace period
       log("session %s: push of step %d to %s failed: %s", session.label, step.stepId, next.peerId, errorMessage(e));
     }
   }
@@ -275,13 +286,31 @@ export class SpanHandlers {
    * (identify's signed peer records, the DHT's peer routing), never from the client's link: a
    * node does not store or dial addresses a stranger handed it for another peer.
    */
-  private async openPushStream(peerId: string, addrs: string[]): Promise<Send> {
+  private async openPushStream(peerId: string, addrs: string[]): Promise<PushStream> {
     const id = peerIdFromString(peerId);
     if (addrs.length) log.trace("not using the %d address(es) the client gave for %s: the node finds the peer itself", addrs.length, peerId);
-    const lp = framedStream(await this.host.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) }));
-    return async (bytes) => {
-      await lp.write(bytes);
+    const stream = await this.host.dialProtocol(id, PUSH_PROTOCOL, { signal: AbortSignal.timeout(5000) });
+    const lp = framedStream(stream);
+    return {
+      send: async (bytes) => {
+        await lp.write(bytes);
+      },
+      close: () => void stream.close().catch((e: unknown) => stream.abort(e instanceof Error ? e : new Error(String(e)))),
     };
+  }
+
+  /** Closes a session's push stream, if it has one (each open stream counts against libp2p's per-protocol limit). */
+  private closePushStream(session: ServerSession, state: SessionState, why: string): void {
+    const pending = state.pushTo;
+    state.pushTo = undefined;
+    if (!pending) return;
+    pending.then(
+      (to) => {
+        log.trace("session %s: closing its push stream (%s)", session.label, why);
+        to.close();
+      },
+      (e: unknown) => log.trace("session %s: its push stream never opened: %s", session.label, errorMessage(e)),
+    );
   }
 
   /** Steps pushed by previous nodes; only the peer the client linked as `prev` may push into a session. */

@@ -122,6 +122,8 @@ export interface RouteSessionOptions {
   maxRetries?: number;
   /** Time a step (or a re-route) may spend failing over before giving up (default FAILOVER_BUDGET_MS). */
   failoverBudgetMs?: number;
+  /** Bans shared with other sessions of the same client (a node that failed one session is routed around by the next). */
+  bans?: BanList;
   now?: () => number;
   /**
    * Server-to-server: each node pushes its output straight to the next node; the client still
@@ -206,9 +208,9 @@ export const MAX_FAILOVERS = 64;
 export const FAILOVER_BUDGET_MS = 60_000;
 
 /** A node is lying about its throughput when its decode steps take this many times what it announced... */
-export const LIE_FACTOR = 5;
+export const LIE_FACTOR = 10;
 /** ...plus this slack (scheduling, other sessions), over at least LIE_MIN_SAMPLES steps. */
-export const LIE_SLACK_S = 0.02;
+export const LIE_SLACK_S = 0.05;
 export const LIE_MIN_SAMPLES = 8;
 
 interface Step {
@@ -256,7 +258,7 @@ export class RouteSession implements LogitsSession {
   private hopOverheadS?: number;
   /** Per peer: moving average of how long its pushed decode results took to arrive, in ms. */
   private readonly pushLatencyMs = new Map<string, number>();
-  private readonly bans = new BanList();
+  private readonly bans: BanList;
   /** Hops that left the route, with their checks (for the verification report). */
   private readonly retired: { hop: Hop; check?: SpanCheck }[] = [];
   private readonly caught: CaughtEvent[] = [];
@@ -276,7 +278,9 @@ export class RouteSession implements LogitsSession {
   private constructor(
     private readonly provider: SpanProvider,
     private readonly opts: RouteSessionOptions,
-  ) {}
+  ) {
+    this.bans = opts.bans ?? new BanList();
+  }
 
   static async open(provider: SpanProvider, opts: RouteSessionOptions): Promise<RouteSession> {
     const session = new RouteSession(provider, opts);

@@ -51,7 +51,7 @@ export interface SpanServerOptions {
 /** One peer may hold at most this share of a node's KV budget, so no peer can reserve a whole node. */
 export const PEER_CACHE_SHARE = 0.25;
 /** Multi-token steps run in chunks of this many tokens, so another session's step waits for one chunk at most. */
-export const PREFILL_CHUNK = 128;
+export const PREFILL_CHUNK = 32;
 /** Pushed steps queued on one session beyond this are dropped (the client relays them): backpressure on pushes. */
 export const MAX_QUEUED_PUSHES = 4;
 /** Step ids are u32 and start at 1. */
