@@ -85,6 +85,8 @@ addEngineOptions(program.command("node").description("serve a span of blocks to 
   .option("--throughput <rps>", "announce this decode throughput (tokens/s per block) instead of the measured one", floatArg)
   .option("--rebalance-interval <s>", "with --blocks auto: seconds between checks whether moving would lift the swarm's weakest block (0: never)", intArg, 120)
   .option("--manifest <file>", "check the span's tensors against this model manifest at load (refusing a mismatch) and announce its id")
+  .option("--peer-cache-share <fraction>", "share of the KV budget one peer may hold over all its sessions (0 to 1)", floatArg, 0.25)
+  .option("--prefill-chunk <n>", "run steps longer than this many tokens in chunks of it, scheduled fairly across peers", intArg, 32)
   .addOption(
     new Option(
       "--log-level <level>",

@@ -29,11 +29,16 @@ interface NodeFlags {
   idleTimeout: number;
   logLevel: LogLevel;
   manifest?: string;
+  peerCacheShare: number;
+  prefillChunk: number;
 }
 
 /** Serves a span until SIGINT/SIGTERM; prints its address as `listening <multiaddr>`. */
 export async function nodeCommand(flags: NodeFlags): Promise<void> {
   setLogLevel(flags.logLevel);
+  if (!(flags.peerCacheShare > 0 && flags.peerCacheShare <= 1))
+    throw new RangeError(`--peer-cache-share takes a fraction in (0, 1], got ${flags.peerCacheShare}`);
+  if (!(flags.prefillChunk >= 1)) throw new RangeError(`--prefill-chunk takes a positive number of tokens, got ${flags.prefillChunk}`);
   const checkpoint = await openCheckpoint(flags.model);
   const L = checkpoint.config.numLayers;
   const modelId = flags.modelId ?? (await modelIdFor(flags.model));
@@ -51,6 +56,8 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     end: Math.min(end, L),
     cacheTokens: CACHE_TOKENS * (Math.min(end, L) - start),
     maxSessionLength: flags.maxSession,
+    peerCacheShare: flags.peerCacheShare,
+    prefillChunk: flags.prefillChunk,
     listen: [`/ip4/${flags.host}/tcp/${flags.port}`],
   });
   console.log(`serving blocks [${start}, ${Math.min(end, L)}) of ${L} of ${modelId}`);
