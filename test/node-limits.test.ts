@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { servedCheckpoint } from "../src/engine/runtime.js";
-import { ByteBudget, ShareOfBudget } from "../src/swarm/framing.js";
+import { ByteBudget, framingDefaults, ShareOfBudget } from "../src/swarm/framing.js";
 import { SpanNode } from "../src/swarm/node.js";
 import { decodeMessage, encodeControl, encodeStep, framedStream, Kind, type Message, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
 import { useTwoSpanSwarm } from "./support/two-spans.js";
@@ -100,4 +100,24 @@ test("a peer's share of the buffer budget: a reservation must fit both the peer'
   a.release(20);
   b.release(25);
   assert.equal(node.used, 0);
+});
+
+test("a message the node has no memory for gets a typed BUSY reply, and the session goes on", async () => {
+  const limit = framingDefaults.budget.limit;
+  framingDefaults.budget.limit = 4 << 20; // one peer's share: 1 MiB
+  try {
+    const s = await rawSession(swarm.nodes[1]!);
+    await s.send(encodeControl(Kind.Open, { start: 2, end: 4, maxLength: 16, codec: "none" }));
+    assert.equal((await s.next()).kind, Kind.Opened);
+    const hidden = (rows: number) => ({ data: new Float32Array(rows * 128), shape: [1, rows, 128], codec: "none" as const });
+    await s.send(encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, hidden: hidden(4096) })); // 2 MiB
+    const refused = await s.next();
+    assert.equal(errorCode(refused), "BUSY");
+    await s.send(encodeStep({ stepId: 2, startFromPosition: 0, allLogits: false, hidden: hidden(2) }));
+    const ok = await s.next();
+    assert.ok(ok.kind === Kind.Result && ok.result.stepId === 2, `then a step that fits runs: ${errorCode(ok)}`);
+    await s.close();
+  } finally {
+    framingDefaults.budget.limit = limit;
+  }
 });

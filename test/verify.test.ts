@@ -189,7 +189,7 @@ test("trial runs: a new node gets a known answer from the pool before real traff
 });
 
 test("a node announcing far more throughput than it delivers is penalised and replaced", async () => {
-  const x = await adversary("throughput-lie", 0, 2, ["--delay-ms", "80"]);
+  const x = await adversary("throughput-lie", 0, 2, ["--delay-ms", "250"]);
   const ledger = ReputationLedger.open(join(workDir, "ledger-lie.db"));
   try {
     const { tokens, route, report } = await run({ chained: false }, ledger, "none", x);

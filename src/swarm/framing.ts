@@ -10,8 +10,10 @@
 //   once complete if its value exceeds the cap: in both cases before any payload is taken;
 // - the declared length is reserved from a ByteBudget shared by every stream of the process (the
 //   node) before its buffer is allocated; a budget that cannot cover it refuses the message
-//   (BUSY) at once rather than queueing it, since a queue would let stalled peers hold honest ones
-//   back for ever: the peer may retry on a new stream once memory is free;
+//   (BUSY) rather than queueing it, since a queue would let stalled peers hold honest ones back
+//   for ever: its payload is skipped without being kept (within the message's deadline), then
+//   the read rejects with BUSY and the stream carries on, so the protocol can answer with a
+//   typed error and the peer retry once memory is free;
 // - from its first byte a message has a deadline, `timeoutBaseMs + length / minBytesPerSecond`
 //   (10 s + 1 s per MiB by default); a message not complete by then fails (TIMEOUT);
 // - the reservation is released when the message is delivered to read()'s caller, or when the
@@ -177,6 +179,10 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
   let prefixBytes = 0;
   let length = 0;
   let buffer: Uint8Array | undefined;
+  /** The prefix is complete: payload bytes follow (into `buffer`, or skipped when `refused`). */
+  let inPayload = false;
+  /** The budget could not cover the message: its payload is skipped, and the read then rejects with this (the stream goes on). */
+  let refused: ProtocolError | undefined;
   let filled = 0;
   let reserved = 0;
   let startedAt = 0;
@@ -202,16 +208,21 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
     if (reserved) budget.release(reserved);
     reserved = 0;
     buffer = undefined;
+    inPayload = false;
+    refused = undefined;
     prefixBytes = length = filled = 0;
     if (timer) clearTimeout(timer);
     timer = undefined;
   };
 
-  /** Parses pending bytes; the next message once complete. Throws a ProtocolError on a bad or unaffordable prefix. */
-  const parse = (): Uint8Array | undefined => {
-    while (pendingBytes > 0) {
-      const chunk = pending[0]!;
-      if (!buffer) {
+  /**
+   * Parses pending bytes; the next message once complete, or the refusal of one the budget could
+   * not cover once its payload was skipped. Throws a ProtocolError on a bad prefix.
+   */
+  const parse = (): Uint8Array | ProtocolError | undefined => {
+    while (pendingBytes > 0 || (inPayload && filled === length)) {
+      const chunk = pending[0];
+      if (!inPayload && chunk) {
         const byte = chunk[head]!;
         take(1);
         if (prefixBytes === 0) startedAt = performance.now();
@@ -224,19 +235,21 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
           continue;
         }
         if (length > maxBytes) throw new ProtocolError("TOO_LARGE", `message of ${length} bytes, over the limit of ${maxBytes}`);
-        if (!budget.tryReserve(length)) {
-          throw new ProtocolError("BUSY", `no memory for a message of ${length} bytes now (${budget.available} of ${budget.limit} bytes free)`);
+        inPayload = true;
+        if (budget.tryReserve(length)) {
+          reserved = length;
+          buffer = new Uint8Array(length);
+        } else {
+          refused = new ProtocolError("BUSY", `no memory for a message of ${length} bytes now (${budget.available} of ${budget.limit} bytes free)`);
         }
-        reserved = length;
-        buffer = new Uint8Array(length);
-      } else {
+      } else if (chunk && filled < length) {
         const n = Math.min(chunk.byteLength - head, length - filled);
-        buffer.set(chunk.subarray(head, head + n), filled);
+        buffer?.set(chunk.subarray(head, head + n), filled);
         filled += n;
         take(n);
       }
-      if (filled === length) {
-        const message = buffer;
+      if (inPayload && filled === length) {
+        const message = refused ?? buffer!;
         reset();
         return message;
       }
@@ -289,11 +302,18 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
   /** Answers the pending read if it can be answered, else arms the message's deadline and lets bytes flow. */
   function settle(): void {
     if (!waiter || failure) return;
-    let message: Uint8Array | undefined;
+    let message: Uint8Array | ProtocolError | undefined;
     try {
       message = parse();
     } catch (e) {
       return fail(e instanceof Error ? e : new Error(String(e)), true);
+    }
+    if (message instanceof ProtocolError) {
+      // A refused message was skipped whole: the stream can carry the next one.
+      const w = waiter;
+      waiter = undefined;
+      pause();
+      return w.reject(message);
     }
     if (message) {
       const w = waiter;
@@ -303,7 +323,7 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
     if (ended) {
       if (prefixBytes === 0) return fail(new EndOfStreamError("the stream ended"), false);
       return fail(
-        new ProtocolError("BAD_LENGTH", buffer ? `stream ended ${filled} bytes into a ${length}-byte message` : "stream ended inside a length prefix"),
+        new ProtocolError("BAD_LENGTH", inPayload ? `stream ended ${filled} bytes into a ${length}-byte message` : "stream ended inside a length prefix"),
         true,
       );
     }
@@ -312,14 +332,14 @@ export function framed(stream: Stream, opts: FramingOptions): Framed {
   }
 
   function arm(): void {
-    const deadline = startedAt + baseMs + (buffer ? (length / rate) * 1000 : 0);
+    const deadline = startedAt + baseMs + (inPayload ? (length / rate) * 1000 : 0);
     if (timer && deadline === timerDeadline) return;
     if (timer) clearTimeout(timer);
     timerDeadline = deadline;
     timer = setTimeout(
       () => {
         timer = undefined;
-        const what = buffer ? `${filled} of ${length} bytes` : `${prefixBytes} bytes of a length prefix`;
+        const what = inPayload ? `${filled} of ${length} bytes` : `${prefixBytes} bytes of a length prefix`;
         fail(new ProtocolError("TIMEOUT", `${what} arrived in ${Math.round(performance.now() - startedAt)} ms`), true);
       },
       Math.max(0, deadline - performance.now()),

@@ -97,6 +97,10 @@ export class SpanHandlers {
         // Undefined: the client closed or reset the stream, or sent an oversized frame.
         const bytes = await readFrame(lp, "span", from);
         if (!bytes) return;
+        if (bytes instanceof ProtocolError) {
+          await fail(bytes.code, `${bytes.message}; send it again later`);
+          continue;
+        }
         let message: Message;
         try {
           message = decodeMessage(bytes, this.server.maxElements);
@@ -320,6 +324,10 @@ export class SpanHandlers {
       for (;;) {
         const bytes = await readFrame(lp, "push", from);
         if (!bytes) return;
+        if (bytes instanceof ProtocolError) {
+          this.stats.pushesIgnored++; // the client relays the step after its grace
+          continue;
+        }
         const message = decodeMessage(bytes, this.server.maxElements);
         if (message.kind !== Kind.Push) throw new ProtocolError("BAD_CODEC", `kind ${message.kind} on the push protocol`);
         const session = this.server.session(message.sessionId);
@@ -352,11 +360,19 @@ export class SpanHandlers {
   }
 }
 
-/** The next message of a framed stream, or undefined once the stream ended (closed, reset, or a frame over the limit). */
-async function readFrame(lp: ReturnType<typeof framedStream>, protocol: string, from: string): Promise<Uint8Array | undefined> {
+/**
+ * The next message of a framed stream; a ProtocolError for a message the node had no memory for
+ * (BUSY: skipped, the stream goes on); undefined once the stream ended (closed, reset, or a frame
+ * over the limit or too slow).
+ */
+async function readFrame(lp: ReturnType<typeof framedStream>, protocol: string, from: string): Promise<Uint8Array | ProtocolError | undefined> {
   try {
     return (await lp.read()).subarray();
   } catch (e) {
+    if (e instanceof ProtocolError && e.code === "BUSY") {
+      log("%s stream from %s: %s", protocol, from, e.message);
+      return e;
+    }
     log.trace("%s stream from %s ended: %s", protocol, from, errorMessage(e));
     return undefined;
   }
