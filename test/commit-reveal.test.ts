@@ -31,7 +31,7 @@ import { signRecord } from "../src/swarm/signed-record.js";
 import { ProtocolError } from "../src/wire/errors.js";
 import { encodeTensor } from "../src/wire/tensor-frame.js";
 import { sampleTokens } from "./support/fixtures.js";
-import { boastfulInfo, permissiveDhtHost } from "./support/rogue.js";
+import { boastfulInfo, permissiveDhtHost, type RogueSession, serveRogueSpans } from "./support/rogue.js";
 import { useTwoSpanSwarm } from "./support/two-spans.js";
 
 const MODEL = "commit-reveal";
@@ -261,40 +261,29 @@ async function lyingRevealer(modelId: string): Promise<Libp2p> {
   );
   const vocab = swarm.checkpoint.config.vocabSize;
   let streams = 0;
-  await rogue.handle(SPAN_PROTOCOL, async (stream) => {
-    const lie = streams++ % 2 === 0 ? "output" : "receipt";
-    const chain = new ReceiptChain();
-    const lp = lpStream(stream);
-    const open = decodeMessage((await lp.read()).subarray());
-    await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
-    const sessionId = open.kind === Kind.Open ? open.open.sessionId : undefined;
-    const frame = (value: number) => encodeTensor(new Float32Array(vocab).fill(value), [1, 1, vocab], "none");
-    let held: { stepId: number; inputHash: Uint8Array; signature: Uint8Array; outputHash: Uint8Array } | undefined;
-    for (;;) {
-      let message;
-      try {
-        message = decodeMessage((await lp.read()).subarray());
-      } catch (e) {
-        assert.ok(e instanceof Error); // the client closed the stream
-        return;
-      }
-      if (message.kind === Kind.Step) {
-        const fields: ReceiptFields = {
-          sessionId,
-          stepId: message.step.stepId,
-          start: 0,
-          end: 4,
-          inputHash: inputHash({ tokens: message.step.tokens }),
-          outputHash: sha256(frame(0.5)),
-        };
-        const head = chain.fold(fields);
-        const signature = signedAt(chain.count) ? await signHead(key, head) : new Uint8Array(64);
-        held = { stepId: fields.stepId, inputHash: fields.inputHash, signature, outputHash: fields.outputHash };
-        await lp.write(encodeCommit(held));
-      } else if (message.kind === Kind.Reveal && held) {
-        if (lie === "output") await lp.write(encodeResult(held.stepId, held, frame(0.25)));
-        else await lp.write(encodeResult(held.stepId, { inputHash: held.inputHash, signature: new Uint8Array(64) }, frame(0.5)));
-      }
+  type Held = { stepId: number; inputHash: Uint8Array; signature: Uint8Array; outputHash: Uint8Array };
+  const sessions = new Map<RogueSession, { lie: "output" | "receipt"; chain: ReceiptChain; held?: Held }>();
+  const frame = (value: number) => encodeTensor(new Float32Array(vocab).fill(value), [1, 1, vocab], "none");
+  await serveRogueSpans(rogue, async (message, session) => {
+    let state = sessions.get(session);
+    if (!state) sessions.set(session, (state = { lie: streams++ % 2 === 0 ? "output" : "receipt", chain: new ReceiptChain() }));
+    if (message.kind === Kind.Step) {
+      const fields: ReceiptFields = {
+        sessionId: session.sessionId,
+        stepId: message.step.stepId,
+        start: 0,
+        end: 4,
+        inputHash: inputHash({ tokens: message.step.tokens }),
+        outputHash: sha256(frame(0.5)),
+      };
+      const head = state.chain.fold(fields);
+      const signature = signedAt(state.chain.count) ? await signHead(key, head) : new Uint8Array(64);
+      state.held = { stepId: fields.stepId, inputHash: fields.inputHash, signature, outputHash: fields.outputHash };
+      await session.write(encodeCommit(state.held));
+    } else if (message.kind === Kind.Reveal && state.held) {
+      const held = state.held;
+      if (state.lie === "output") await session.write(encodeResult(held.stepId, held, frame(0.25)));
+      else await session.write(encodeResult(held.stepId, { inputHash: held.inputHash, signature: new Uint8Array(64) }, frame(0.5)));
     }
   });
   return rogue;

@@ -6,20 +6,19 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
-import { lpStream } from "@libp2p/utils";
 import type { Libp2p } from "libp2p";
 import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { announce } from "../src/swarm/dht.js";
 import { joinSwarm, type SwarmHost } from "../src/swarm/host.js";
 import { Libp2pSpanProvider } from "../src/swarm/libp2p-provider.js";
-import { decodeMessage, encodeControl, encodeResult, Kind, SPAN_PROTOCOL } from "../src/swarm/protocol.js";
+import { encodeResult, Kind } from "../src/swarm/protocol.js";
 import { inputHash, type Receipt, ReceiptChain, type ReceiptFields, SIGN_EVERY, sha256, signedAt, signHead, verifyReceipts } from "../src/swarm/receipt.js";
 import { RouteSession } from "../src/swarm/route-session.js";
 import { signRecord } from "../src/swarm/signed-record.js";
 import { encodeTensor } from "../src/wire/tensor-frame.js";
 import { sampleTokens } from "./support/fixtures.js";
-import { boastfulInfo, permissiveDhtHost } from "./support/rogue.js";
+import { boastfulInfo, permissiveDhtHost, type RogueSession, serveRogueSpans } from "./support/rogue.js";
 import { useTwoSpanSwarm } from "./support/two-spans.js";
 
 const MODEL = "receipts";
@@ -104,35 +103,23 @@ async function lyingNode(lie: "signature" | "input"): Promise<Libp2p> {
 
   await announce(rogue.services.dht, await signRecord(key, info, Date.now()), peerId, MODEL, [0, 1, 2, 3]).catch((e: Error) => assert.ok(e instanceof Error));
   const vocab = swarm.checkpoint.config.vocabSize;
-  await rogue.handle(SPAN_PROTOCOL, async (stream) => {
-    const chain = new ReceiptChain();
-    const lp = lpStream(stream);
-    const open = decodeMessage((await lp.read()).subarray());
-    await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
-    const sessionId = open.kind === Kind.Open ? open.open.sessionId : undefined;
-    for (;;) {
-      let message;
-      try {
-        message = decodeMessage((await lp.read()).subarray());
-      } catch (e) {
-        assert.ok(e instanceof Error); // the client closed the stream
-        return;
-      }
-      if (message.kind !== Kind.Step) continue;
-      const frame = encodeTensor(new Float32Array(vocab).fill(0.5), [1, 1, vocab], "none");
-      const fields: ReceiptFields = {
-        sessionId,
-        stepId: message.step.stepId,
-        start: 0,
-        end: 4,
-        inputHash: lie === "input" ? sha256(Uint8Array.of(9)) : inputHash({ tokens: message.step.tokens }),
-        outputHash: sha256(frame),
-      };
-      const signer = lie === "signature" ? await generateKeyPair("Ed25519") : key;
-      const head = chain.fold(fields);
-      const signature = signedAt(chain.count) ? await signHead(signer, head) : new Uint8Array(64);
-      await lp.write(encodeResult(message.step.stepId, { inputHash: fields.inputHash, signature }, frame));
-    }
+  const chains = new Map<RogueSession, ReceiptChain>();
+  await serveRogueSpans(rogue, async (message, session) => {
+    if (message.kind !== Kind.Step) return;
+    const chain = chains.get(session) ?? chains.set(session, new ReceiptChain()).get(session)!;
+    const frame = encodeTensor(new Float32Array(vocab).fill(0.5), [1, 1, vocab], "none");
+    const fields: ReceiptFields = {
+      sessionId: session.sessionId,
+      stepId: message.step.stepId,
+      start: 0,
+      end: 4,
+      inputHash: lie === "input" ? sha256(Uint8Array.of(9)) : inputHash({ tokens: message.step.tokens }),
+      outputHash: sha256(frame),
+    };
+    const signer = lie === "signature" ? await generateKeyPair("Ed25519") : key;
+    const head = chain.fold(fields);
+    const signature = signedAt(chain.count) ? await signHead(signer, head) : new Uint8Array(64);
+    await session.write(encodeResult(message.step.stepId, { inputHash: fields.inputHash, signature }, frame));
   });
   return rogue;
 }

@@ -879,15 +879,28 @@ function concatSteps(steps: readonly Step[]): Step {
   return { input: { hidden }, tokens };
 }
 
-/** The inputs of positions [from, to) of a history, as one step's input. */
+/**
+ * The inputs of positions [from, to) of a history, as one step's input: only the steps that
+ * overlap the range are copied (a check runs every few positions of a long session).
+ */
 function sliceSteps(history: readonly Step[], from: number, to: number): ForwardInput {
-  const all = concatSteps(history);
-  if (to > all.tokens || from < 0 || from >= to) throw new RangeError(`positions [${from}, ${to}) of a history of ${all.tokens}`);
-  if (all.input.hidden) {
-    const width = all.input.hidden.length / all.tokens;
-    return { hidden: all.input.hidden.slice(from * width, to * width) };
+  const overlapping: Step[] = [];
+  let at = 0;
+  let first = 0;
+  for (const step of history) {
+    if (at + step.tokens > from && at < to) {
+      if (!overlapping.length) first = at;
+      overlapping.push(step);
+    }
+    at += step.tokens;
   }
-  return { tokens: Array.from(all.input.tokens ?? []).slice(from, to) };
+  if (to > at || from < 0 || from >= to) throw new RangeError(`positions [${from}, ${to}) of a history of ${at}`);
+  const part = concatSteps(overlapping);
+  if (part.input.hidden) {
+    const width = part.input.hidden.length / part.tokens;
+    return { hidden: part.input.hidden.slice((from - first) * width, (to - first) * width) };
+  }
+  return { tokens: Array.from(part.input.tokens ?? []).slice(from - first, to - first) };
 }
 
 /** Hidden states as a node decodes them after the client encoded them in `codec`. */

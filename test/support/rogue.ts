@@ -9,7 +9,9 @@ import { ping } from "@libp2p/ping";
 import { tcp } from "@libp2p/tcp";
 import { createLibp2p } from "libp2p";
 import { DHT_PROTOCOL } from "../../src/swarm/dht.js";
-import type { NodeInfo } from "../../src/swarm/protocol.js";
+import assert from "node:assert/strict";
+import { lpStream } from "@libp2p/utils";
+import { decodeMessage, encodeControl, Kind, type Message, type NodeInfo, SPAN_PROTOCOL } from "../../src/swarm/protocol.js";
 
 export function permissiveDhtHost(key: PrivateKey) {
   return createLibp2p({
@@ -51,4 +53,36 @@ export function boastfulInfo(peerId: string, modelId: string, span: Partial<Node
     version: "x",
     ...span,
   };
+}
+
+/** What a rogue span session's handler gets: the stream to answer on and the session's name. */
+export interface RogueSession {
+  write(bytes: Uint8Array): Promise<void>;
+  sessionId?: string;
+}
+
+/**
+ * Serves the span protocol on `rogue` as a lying node does: opens every session on blocks [0, 4)
+ * and hands each later message to `onMessage`, until the client closes the stream.
+ */
+export async function serveRogueSpans(
+  rogue: Awaited<ReturnType<typeof permissiveDhtHost>>,
+  onMessage: (message: Message, session: RogueSession) => Promise<void>,
+): Promise<void> {
+  await rogue.handle(SPAN_PROTOCOL, async (stream) => {
+    const lp = lpStream(stream);
+    const open = decodeMessage((await lp.read()).subarray());
+    await lp.write(encodeControl(Kind.Opened, { start: 0, end: 4 }));
+    const session: RogueSession = { write: (bytes) => lp.write(bytes), sessionId: open.kind === Kind.Open ? open.open.sessionId : undefined };
+    for (;;) {
+      let message;
+      try {
+        message = decodeMessage((await lp.read()).subarray());
+      } catch (e) {
+        assert.ok(e instanceof Error); // the client closed the stream
+        return;
+      }
+      await onMessage(message, session);
+    }
+  });
 }
