@@ -311,6 +311,42 @@ test("when a node stops mid-generation the session re-routes, replays history an
   }
 });
 
+test("holders looked up recently are reused; a route with no usable known holder looks them up again", async () => {
+  const prompt = sampleTokens(6, 512, 37);
+  const expected = await localGreedy(prompt, 12);
+  const swarm = await ownSwarm("recent", [
+    [0, 2],
+    [2, 4],
+  ]);
+  let late: SpanNode | undefined;
+  try {
+    const p = provider("none", { modelId: "recent" });
+    assert.equal((await p.records()).length, 2);
+    // A node that joins after the lookup is not seen by a lookup allowed to be a minute old...
+    late = (await ownSwarm("recent", [[2, 4]]))[0]!;
+    const lateId = late.info().peerId;
+    assert.ok(!(await p.records(undefined, { maxAgeMs: 60_000 })).some((r) => r.peerId === lateId));
+    // ...so a session routes with what was known; when the only known holder of blocks [2, 4)
+    // stops, the re-route finds no usable holder there, looks up again and finds the new node.
+    const failovers: string[] = [];
+    const session = await RouteSession.open(p, {
+      numBlocks: 4,
+      maxLength: 64,
+      onFailover: (e) => failovers.push(e.replacement.map((h) => h.peerId).join(",")),
+    });
+    const old = session.route[1]!.peerId;
+    assert.notEqual(old, lateId);
+    const tokens = await greedy(session, prompt, 12, async (i) => {
+      if (i === 4) await swarm.find((n) => n.info().peerId === old)!.stop();
+    });
+    assert.deepEqual(tokens, expected);
+    assert.deepEqual(failovers, [lateId]);
+    session.close();
+  } finally {
+    await stopAll([...swarm, ...(late ? [late] : [])]);
+  }
+});
+
 /** A stream to `node` on `protocol` with `messages` written (a write the node cuts off may fail). */
 async function sendTo(node: SpanNode, protocol: string, messages: Uint8Array[]) {
   const stream = await client.dialProtocol(multiaddr(node.addresses[0]!), protocol);

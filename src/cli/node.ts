@@ -6,6 +6,8 @@ import { openCheckpoint } from "../model/checkpoint.js";
 import type { ModelConfig } from "../model/types.js";
 import { blocksThatFit } from "../swarm/capacity.js";
 import { SwarmClient } from "../swarm/client.js";
+import { framingDefaults } from "../swarm/framing.js";
+import { watchMemory } from "../swarm/memory.js";
 import { SpanNode } from "../swarm/node.js";
 import { modelIdFor } from "../swarm/model-id.js";
 import { chooseBlocks } from "../swarm/placement.js";
@@ -60,12 +62,16 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     prefillChunk: flags.prefillChunk,
     listen: [`/ip4/${flags.host}/tcp/${flags.port}`],
   });
+  // The node is this process: it gives memory a flood left behind back to the system (memory.ts).
+  const memory = watchMemory();
+  framingDefaults.budget.onRelease = (bytes) => memory.released(bytes);
   console.log(`serving blocks [${start}, ${Math.min(end, L)}) of ${L} of ${modelId}`);
   for (const addr of node.addresses) console.log(`listening ${addr}`);
   if (flags.blocks === "auto" && flags.rebalanceInterval > 0) {
     node.rebalanceEvery(flags.rebalanceInterval * 1000, Math.random, (a, b) => console.log(`rebalanced: now serving blocks [${a}, ${b})`));
   }
   const shutdown = async () => {
+    memory.stop();
     await node.stop();
     process.exit(0);
   };

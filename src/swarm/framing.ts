@@ -55,9 +55,13 @@ export class ByteBudget {
     return true;
   }
 
+  /** Called after every release (a node process counts released buffer memory to know when to collect it). */
+  onRelease?: (bytes: number) => void;
+
   release(bytes: number): void {
     if (bytes > this.usedBytes) throw new RangeError(`releasing ${bytes} bytes of a budget with ${this.usedBytes} reserved`);
     this.usedBytes -= bytes;
+    this.onRelease?.(bytes);
   }
 }
 

@@ -95,6 +95,8 @@ interface KnownNode {
 
 export class Libp2pSpanProvider implements SpanProvider {
   private known = new Map<string, KnownNode>();
+  /** When each block's holders were last looked up (the provider's clock). */
+  private lookedUp = new Map<number, number>();
 
   constructor(
     private readonly host: SwarmHost,
@@ -105,17 +107,21 @@ export class Libp2pSpanProvider implements SpanProvider {
    * Looks up the holders of the blocks in `range` (default: every block) in the DHT and returns
    * the verified, online records the provider knows. A full lookup replaces everything known; a
    * partial one replaces what was known of the nodes serving blocks in `range` (or found holding
-   * one) and keeps the records already verified for other blocks.
+   * one) and keeps the records already verified for other blocks. With `maxAgeMs`, no lookup is
+   * made when every block of `range` was looked up within that time: what is known is returned.
    */
-  async records(range?: BlockRange): Promise<SpanRecord[]> {
+  async records(range?: BlockRange, opts: { maxAgeMs?: number } = {}): Promise<SpanRecord[]> {
     const n = this.opts.numBlocks;
     const { start, end } = range ?? { start: 0, end: n };
     if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= n)) {
       throw new RangeError(`blocks [${start}, ${end}) are not a range of the model's ${n} blocks`);
     }
+    const blocks = Array.from({ length: end - start }, (_, i) => start + i);
+    const now = this.now();
+    const maxAge = opts.maxAgeMs ?? 0;
+    if (maxAge > 0 && blocks.every((b) => now - (this.lookedUp.get(b) ?? -Infinity) <= maxAge)) return this.knownRecords();
     const signal = AbortSignal.timeout(this.opts.discoveryTimeoutMs ?? 10_000);
     setMaxListeners(Infinity, signal); // one deadline shared by every block's and peer's DHT query
-    const blocks = Array.from({ length: end - start }, (_, i) => start + i);
     const fresh = new Map<string, KnownNode>();
     const holders = new Set<string>();
     await this.discover(blocks, signal, fresh, holders);
@@ -128,6 +134,11 @@ export class Libp2pSpanProvider implements SpanProvider {
       for (const [peer, { info }] of this.known) if (holders.has(peer) || (info.start < end && start < info.end)) this.known.delete(peer);
       for (const [peer, node] of fresh) this.known.set(peer, node);
     }
+    for (const b of blocks) this.lookedUp.set(b, now);
+    return this.knownRecords();
+  }
+
+  private knownRecords(): SpanRecord[] {
     return [...this.known.values()].map(({ info }) => toSpanRecord(info, this.opts.hiddenSize)).sort((a, b) => a.peerId.localeCompare(b.peerId));
   }
 

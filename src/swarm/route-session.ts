@@ -77,9 +77,10 @@ export interface SpanProvider {
    * Records of the swarm's nodes (from the DHT). With `range`, only the holders of blocks
    * [start, end) are looked up (a re-route after a failure needs no more): the result then holds
    * those, and may also hold records of other nodes the provider already knew. Without it, every
-   * block's holders are looked up again (a full refresh).
+   * block's holders are looked up again (a full refresh). With `maxAgeMs`, a provider may answer
+   * from what it looked up within that time instead of looking up again.
    */
-  records(range?: BlockRange): Promise<SpanRecord[]>;
+  records(range?: BlockRange, opts?: { maxAgeMs?: number }): Promise<SpanRecord[]>;
   /** Opens a session on `hop`, whose first block takes token ids when hop.start is 0; `codec` overrides the provider's (verifiers use "none"). */
   open(hop: Hop, maxLength: number, opts?: { codec?: Codec }): Promise<RemoteSpan>;
   /** The codec sessions are opened with unless told otherwise. */
@@ -122,6 +123,12 @@ export interface RouteSessionOptions {
   maxRetries?: number;
   /** Time a step (or a re-route) may spend failing over before giving up (default FAILOVER_BUDGET_MS). */
   failoverBudgetMs?: number;
+  /**
+   * Route with the holders the provider looked up within this time rather than looking them up for
+   * every route (default RECORDS_MAX_AGE_MS; 0: always look up). A route that finds a block with no
+   * usable holder among them looks up again before giving up.
+   */
+  recordsMaxAgeMs?: number;
   /** Bans shared with other sessions of the same client (a node that failed one session is routed around by the next). */
   bans?: BanList;
   now?: () => number;
@@ -204,6 +211,12 @@ export interface VerificationReport {
 
 /** Failovers per step at most (a cap on attempts; the budget that matters is in time). */
 export const MAX_FAILOVERS = 64;
+/**
+ * Sessions and re-routes reuse holders looked up this recently (Petals refreshes its routing table
+ * every 60 s): a lookup per session costs a DHT query per block and a record fetch per holder, which
+ * a swarm full of boasting Sybils makes slow.
+ */
+export const RECORDS_MAX_AGE_MS = 30_000;
 /** How long one step may spend on failovers before the session gives up. */
 export const FAILOVER_BUDGET_MS = 60_000;
 
@@ -809,8 +822,26 @@ export class RouteSession implements LogitsSession {
   }
 
   private async planRoute(start: number, end: number): Promise<Hop[]> {
+    const maxAgeMs = this.opts.recordsMaxAgeMs ?? RECORDS_MAX_AGE_MS;
+    if (maxAgeMs > 0) {
+      try {
+        return await this.routeWith(start, end, maxAgeMs, false);
+      } catch (e) {
+        if (!(e instanceof MissingBlocksError)) throw e;
+        log("no usable holder of block(s) %s among the known ones: looking them up again", e.blocks.join(", "));
+      }
+    }
+    return this.routeWith(start, end, 0, true);
+  }
+
+  /**
+   * A route over blocks [start, end) from records at most `maxAgeMs` old (0: looked up now),
+   * avoiding banned nodes and those the trust hooks avoid; with `lastResort`, through them rather
+   * than not at all (Petals' rule).
+   */
+  private async routeWith(start: number, end: number, maxAgeMs: number, lastResort: boolean): Promise<Hop[]> {
     // Only the holders of these blocks are looked up; what was known of the others stays.
-    const fresh = await this.provider.records({ start, end });
+    const fresh = await this.provider.records({ start, end }, { maxAgeMs });
     const records = mergeRecords(this.lastRecords, fresh, { start, end });
     this.lastRecords = records;
     const trust = this.opts.trust;
@@ -833,14 +864,14 @@ export class RouteSession implements LogitsSession {
       try {
         return route(new Set([...banned, ...avoided]));
       } catch (e) {
-        if (!(e instanceof MissingBlocksError)) throw e;
+        if (!(e instanceof MissingBlocksError) || !lastResort) throw e;
         log("only nodes in cooldown or of low reputation serve block(s) %s: routing [%d, %d) through them", e.blocks.join(", "), start, end);
       }
     }
     try {
       return route(banned);
     } catch (e) {
-      if (!(e instanceof MissingBlocksError)) throw e;
+      if (!(e instanceof MissingBlocksError) || !lastResort) throw e;
       // Every server of some block is banned: ignore bans rather than fail (Petals' rule).
       log("every server of block(s) %s is banned: routing [%d, %d) without bans", e.blocks.join(", "), start, end);
       return route();
