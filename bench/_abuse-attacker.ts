@@ -92,19 +92,20 @@ async function endlessPrefix(p: AttackParams) {
   const host = await attackerHost();
   const chunk = new Uint8Array(64 << 10).fill(0xff);
   const end = Date.now() + p.durationMs;
-  const lifetimes: { ms: number; mib: number; why: string }[] = [];
+  const lifetimes: { protocol: string; ms: number; mib: number; why: string }[] = [];
   let opened = 0;
   let openFailures = 0;
   let bytes = 0;
   ready();
+  // Three streams on the span protocol (the node's own reader) and three on the kad-dht's.
   await Promise.all(
-    [0, 1, 2].map(async () => {
+    [SPAN_PROTOCOL, SPAN_PROTOCOL, SPAN_PROTOCOL, DHT_PROTOCOL, DHT_PROTOCOL, DHT_PROTOCOL].map(async (protocol) => {
       while (Date.now() < end) {
         const t0 = Date.now();
         let sent = 0;
         let stream: Stream;
         try {
-          stream = await rawStream(host, p.target.addr, SPAN_PROTOCOL, 5000);
+          stream = await rawStream(host, p.target.addr, protocol, 5000);
           opened++;
         } catch (e) {
           openFailures++;
@@ -118,7 +119,7 @@ async function endlessPrefix(p: AttackParams) {
             sent += chunk.byteLength;
           }
         } catch (e) {
-          if (Date.now() < end) lifetimes.push({ ms: Date.now() - t0, mib: sent / 2 ** 20, why: errText(e).slice(0, 160) });
+          if (Date.now() < end) lifetimes.push({ protocol, ms: Date.now() - t0, mib: sent / 2 ** 20, why: errText(e).slice(0, 160) });
         } finally {
           bytes += sent;
           stream.abort(new Error("attack over"));
@@ -132,8 +133,12 @@ async function endlessPrefix(p: AttackParams) {
     open_failures: openFailures,
     mib_sent: bytes / 2 ** 20,
     streams_ended_by_node: lifetimes.length,
-    ended_streams: lifetimes.slice(0, 6),
+    ended_streams: [SPAN_PROTOCOL, DHT_PROTOCOL].flatMap((pr) => lifetimes.filter((l) => l.protocol === pr).slice(0, 3)),
     median_stream_lifetime_ms: median(lifetimes.map((l) => l.ms)),
+    median_stream_lifetime_ms_by_protocol: Object.fromEntries(
+      [SPAN_PROTOCOL, DHT_PROTOCOL].map((pr) => [pr, median(lifetimes.filter((l) => l.protocol === pr).map((l) => l.ms))]),
+    ),
+    streams_ended_by_protocol: Object.fromEntries([SPAN_PROTOCOL, DHT_PROTOCOL].map((pr) => [pr, lifetimes.filter((l) => l.protocol === pr).length])),
   };
 }
 
@@ -711,7 +716,22 @@ async function pastContext(p: AttackParams) {
 // ------------------------------------------------------------------ 11. fuzz corpus
 
 async function fuzz(p: AttackParams) {
-  const host = await attackerHost();
+  // The node bans a peer (and its IP, if not loopback) after 5 framing violations: the fuzzer then
+  // takes a new identity from a new loopback address (exempt from IP bans, as a local swarm is)
+  // and carries on, so the whole corpus still reaches the parsers.
+  let host = await attackerHost();
+  const retired: AttackerHost[] = [];
+  let identities = 1;
+  let rotating: Promise<void> | undefined;
+  const rotate = (from: AttackerHost) => {
+    if (host !== from) return Promise.resolve(); // another worker already did
+    rotating ??= (async () => {
+      retired.push(host);
+      host = await attackerHost({ sourceIp: `127.68.${identities++}.1` });
+      rotating = undefined;
+    })();
+    return rotating;
+  };
   const cases = w.fuzzCorpus(Number(p.cases), p.seed, {
     start: p.target.start,
     end: p.target.end,
@@ -744,13 +764,17 @@ async function fuzz(p: AttackParams) {
     for (let i = next++; i < cases.length; i = next++) {
       const c = cases[i]!;
       byMutation[`${c.protocol}: ${c.mutation}`] = (byMutation[`${c.protocol}: ${c.mutation}`] ?? 0) + 1;
-      let stream: Stream;
-      try {
-        stream = await rawStream(host, p.target.addr, protocolIds[c.protocol], 5000);
-      } catch (e) {
-        add(c.protocol, `stream refused: ${errText(e).replace(/\d+/g, "N").slice(0, 80)}`);
-        continue;
+      let stream: Stream | undefined;
+      for (let attempt = 0; !stream && attempt < 2; attempt++) {
+        const from = host;
+        try {
+          stream = await rawStream(from, p.target.addr, protocolIds[c.protocol], 5000);
+        } catch (e) {
+          if (attempt === 0) await rotate(from);
+          else add(c.protocol, `stream refused: ${errText(e).replace(/\d+/g, "N").slice(0, 80)}`);
+        }
       }
+      if (!stream) continue;
       const conv = new Conversation(stream);
       try {
         if (c.raw) await send(stream, c.raw, AbortSignal.timeout(5000));
@@ -801,8 +825,9 @@ async function fuzz(p: AttackParams) {
     ),
   );
   await pingTarget();
-  await host.stop();
+  await Promise.all([host, ...retired].map((h) => h.stop()));
   return {
+    identities,
     cases: cases.length,
     seed: p.seed,
     target: p.target.peerId,

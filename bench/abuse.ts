@@ -95,13 +95,13 @@ const ATTACKS: AttackDef[] = [
   {
     id: 1,
     key: "endless-prefix",
-    name: "endless length prefix (0xff forever) on 3 span streams",
+    name: "endless length prefix (0xff forever) on 3 span and 3 kad-dht streams",
     target: 0,
     params: (s) => ({ durationMs: s.quick ? 6000 : 15_000 }),
     notes: (o) => [
-      `${o.streams_opened} span streams opened, ${mib(o.mib_sent)} of 0xff bytes sent in all`,
+      `${o.streams_opened} streams opened, ${mib(o.mib_sent)} of 0xff bytes sent in all`,
       Number(o.streams_ended_by_node) > 0
-        ? `the node ended ${o.streams_ended_by_node} of them (median lifetime ${ms(o.median_stream_lifetime_ms)}): ${JSON.stringify((o.ended_streams as unknown[])?.[0])}`
+        ? `the node ended ${o.streams_ended_by_node} of them (${JSON.stringify(o.streams_ended_by_protocol)}; median lifetime ${JSON.stringify(o.median_stream_lifetime_ms_by_protocol)} ms): ${JSON.stringify((o.ended_streams as unknown[])?.at(-1))}`
         : "the node never ended a stream: it kept reading the length prefix for the whole attack",
     ],
   },
@@ -236,7 +236,7 @@ const ATTACKS: AttackDef[] = [
     target: 0,
     params: (s) => ({ durationMs: 0, cases: s.quick ? 300 : 1500, tcpCases: s.quick ? 10 : 40, replyWaitMs: 300 }),
     notes: (o) => [
-      `${o.cases} cases (seed ${o.seed}) in ${ms(o.ms)}; pings of the node failing meanwhile: ${o.ping_failures}`,
+      `${o.cases} cases (seed ${o.seed}) in ${ms(o.ms)}; pings of the node failing meanwhile: ${o.ping_failures}; the node banned the fuzzer ${Number(o.identities) - 1} times (it took a new peer id and loopback address each time)`,
       `unanswered and still open after the wait: ${kv(o.unanswered_and_left_open_by_mutation) || "none"}`,
       ...Object.entries((o.outcomes_by_protocol ?? {}) as Record<string, Record<string, number>>).map(
         ([p, m]) =>

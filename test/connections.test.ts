@@ -6,7 +6,18 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { after, test } from "node:test";
 import { multiaddr } from "@multiformats/multiaddr";
-import { createSwarmHost, ipKey, SESSION_TAG, SESSION_TAG_VALUE, type ConnectionLimits, type SwarmHost, tagPeer } from "../src/swarm/host.js";
+import { DHT_PROTOCOL } from "../src/swarm/dht.js";
+import {
+  createSwarmHost,
+  ipKey,
+  isBannedForMisbehaviour,
+  joinSwarm,
+  SESSION_TAG,
+  SESSION_TAG_VALUE,
+  type ConnectionLimits,
+  type SwarmHost,
+  tagPeer,
+} from "../src/swarm/host.js";
 
 const UPGRADE_MS = 2000;
 const hosts: SwarmHost[] = [];
@@ -172,6 +183,63 @@ test("near maxConnections idle connections are closed, lowest tag value first, s
   assert.equal(node.getConnections(idle.peerId).length + node.getConnections(later.peerId).length, 1);
   assert.equal(node.getConnections(valued.peerId).length, 1);
   assert.equal(node.getConnections(newcomer.peerId).length, 1);
+});
+
+test("the DHT's streams: an endless length prefix is reset at its 4th byte, and the DHT goes on answering", async () => {
+  const node = await server({ exemptLoopback: true });
+  const c = await client();
+  await joinSwarm(c, [node.getMultiaddrs()[0]!.toString()]);
+  const closest = async () => {
+    const answered: string[] = [];
+    for await (const e of c.services.dht.getClosestPeers(Uint8Array.from([1, 2, 3, 4]), { signal: AbortSignal.timeout(5000) })) {
+      if (e.name === "PEER_RESPONSE") answered.push(e.from.toString());
+    }
+    return answered;
+  };
+  assert.deepEqual(await closest(), [node.peerId.toString()]);
+  for (let round = 0; round < 3; round++) {
+    const stream = await c.dialProtocol(node.getMultiaddrs()[0]!, DHT_PROTOCOL);
+    const chunk = new Uint8Array(64 << 10).fill(0xff);
+    const t0 = performance.now();
+    let sent = 0;
+    while (stream.writeStatus === "writable" && stream.status === "open" && sent < 64 << 20) {
+      if (!stream.send(chunk)) await stream.onDrain().catch((e: Error) => assert.ok(e instanceof Error));
+      sent += chunk.byteLength;
+      await new Promise((r) => setImmediate(r));
+    }
+    const ms = performance.now() - t0;
+    assert.ok(stream.status !== "open", `the stream is ${stream.status} after ${sent} bytes`);
+    // The DHT's own reader would have spun on the prefix until its 10 s message timeout.
+    assert.ok(ms < 2000, `reset after ${ms.toFixed(0)} ms`);
+    assert.ok(sent <= 16 << 20, `${sent} bytes sent before the reset`);
+    // Stream after stream the DHT answers: its handler runs once per stream (js-libp2p#3534 worked around).
+    assert.deepEqual(await closest(), [node.peerId.toString()]);
+  }
+});
+
+test("a peer that breaks the framing 5 times is banned: its connections closed, it and its IP refused before any handshake", needsAliases, async () => {
+  const node = await server({ newConnectionsPerIpPerSecond: 1000 });
+  const c = await client();
+  const addr = node.getMultiaddrs()[0]!;
+  for (let strike = 1; strike <= 5; strike++) {
+    const stream = await c.dialProtocol(addr, DHT_PROTOCOL);
+    stream.send(Uint8Array.from([0xff, 0xff, 0xff, 0xff, 0xff]));
+    await until(() => stream.status !== "open", 2000, `strike ${strike}'s stream reset`);
+    if (strike < 5) assert.ok(!isBannedForMisbehaviour(node, c.peerId), `not banned after ${strike} strikes`);
+  }
+  await until(() => isBannedForMisbehaviour(node, c.peerId), 2000, "the ban");
+  await until(() => node.getConnections(c.peerId).length === 0, 2000, "the banned peer's connections closed");
+  await assert.rejects(c.dial(addr, { force: true, signal: AbortSignal.timeout(5000) }), "the banned peer cannot connect again");
+  // Its IP is refused at the socket (closed at once, no handshake); another IP is not.
+  const port = portOf(node);
+  const fromBanned = await silentSocket(port, "127.0.0.1");
+  await until(() => !isOpen(fromBanned), 1000, "the banned IP's socket closed");
+  // Another IP is answered: the node's multistream header comes back.
+  const fromOther = await silentSocket(port, "127.0.0.3");
+  const header = Buffer.from("\x13/multistream/1.0.0\n", "latin1");
+  const answer = new Promise<Buffer>((resolve) => fromOther.socket.once("data", resolve));
+  fromOther.socket.write(header);
+  assert.ok((await answer).includes("/multistream/1.0.0"), "another IP's socket is answered");
 });
 
 test("inbound connections are counted per IPv4 address and per IPv6 /64", () => {

@@ -14,7 +14,7 @@ import type { Stream } from "@libp2p/interface";
 import { tcp } from "@libp2p/tcp";
 import { lpStream, streamPair } from "@libp2p/utils";
 import { createLibp2p } from "libp2p";
-import { ByteBudget, EndOfStreamError, framed, type FramingOptions, varintLength } from "../src/swarm/framing.js";
+import { ByteBudget, EndOfStreamError, framed, type FramingOptions, guardFrames, varintLength } from "../src/swarm/framing.js";
 import { framedStream, MAX_MESSAGE_BYTES } from "../src/swarm/protocol.js";
 import { ProtocolError } from "../src/wire/errors.js";
 
@@ -384,5 +384,27 @@ test("over tcp + yamux: a reader that does not read pauses the peer instead of b
     assert.ok(sent <= 32 * MiB, `${sent} bytes sent before the reset`);
   } finally {
     await Promise.all([a.stop(), b.stop()]);
+  }
+});
+
+test("guardFrames lets another reader's messages through and aborts the stream before that reader sees a bad prefix", async () => {
+  for (const [bad, code] of [
+    [[0xff, 0xff, 0xff, 0xff], "BAD_LENGTH"],
+    [varint(4 * MiB + 1), "TOO_LARGE"],
+  ] as const) {
+    const [outbound, inbound] = await streamPair();
+    const refused: ProtocolError[] = [];
+    guardFrames(inbound, 4 * MiB, (e) => refused.push(e));
+    const reader = lpStream(inbound);
+    const messages = [pattern(0, 1), pattern(5, 2), pattern(3 * MiB, 3)];
+    // Split at odd places: prefix bytes and payloads across chunks.
+    const wire = Uint8Array.from(messages.flatMap((m) => [...varint(m.byteLength), ...m]));
+    for (let at = 0; at < wire.byteLength; at += 100_003) await send(outbound, wire.subarray(at, at + 100_003));
+    for (const m of messages) assert.deepEqual((await reader.read()).subarray(), m);
+    await send(outbound, [...bad, 1, 2, 3]);
+    await assert.rejects(reader.read());
+    assert.equal(refused.length, 1);
+    assert.equal(refused[0]!.code, code);
+    await eventually(() => inbound.status === "aborted", "the stream to be aborted");
   }
 });

@@ -53,9 +53,9 @@ after(async () => {
 });
 
 /** Nodes of the given spans under their own model id, joined through the shared swarm's first node; stopped by the caller. */
-function ownSwarm(modelId: string, spans: readonly (readonly [number, number])[]): Promise<SpanNode[]> {
+function ownSwarm(modelId: string, spans: readonly (readonly [number, number])[], extra: { throughput?: number } = {}): Promise<SpanNode[]> {
   const bootstrap = [nodes[0]!.addresses[0]!];
-  return Promise.all(spans.map(([start, end]) => SpanNode.start({ model, modelId, start, end, maxSessionLength: 128, bootstrap })));
+  return Promise.all(spans.map(([start, end]) => SpanNode.start({ model, modelId, start, end, maxSessionLength: 128, bootstrap, ...extra })));
 }
 
 async function stopAll(swarm: SpanNode[]): Promise<void> {
@@ -314,16 +314,23 @@ test("when a node stops mid-generation the session re-routes, replays history an
 test("holders looked up recently are reused; a route with no usable known holder looks them up again", async () => {
   const prompt = sampleTokens(6, 512, 37);
   const expected = await localGreedy(prompt, 12);
-  const swarm = await ownSwarm("recent", [
-    [0, 2],
-    [2, 4],
-  ]);
+  // Nodes in this process answer each other's steps in turn, so a hop's step time includes the
+  // others' compute: they announce a modest throughput, or the client would call them liars.
+  const modest = { throughput: 10 };
+  const swarm = await ownSwarm(
+    "recent",
+    [
+      [0, 2],
+      [2, 4],
+    ],
+    modest,
+  );
   let late: SpanNode | undefined;
   try {
     const p = provider("none", { modelId: "recent" });
     assert.equal((await p.records()).length, 2);
     // A node that joins after the lookup is not seen by a lookup allowed to be a minute old...
-    late = (await ownSwarm("recent", [[2, 4]]))[0]!;
+    late = (await ownSwarm("recent", [[2, 4]], modest))[0]!;
     const lateId = late.info().peerId;
     assert.ok(!(await p.records(undefined, { maxAgeMs: 60_000 })).some((r) => r.peerId === lateId));
     // ...so a session routes with what was known; when the only known holder of blocks [2, 4)

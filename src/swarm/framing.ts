@@ -126,6 +126,13 @@ export interface Framed {
   write(bytes: Uint8Array, opts?: AbortOptions): Promise<void>;
 }
 
+/** The codes a peer earns by breaking the framing itself (as opposed to the node having no memory, BUSY). */
+export const FRAMING_VIOLATIONS: ReadonlySet<string> = new Set(["BAD_LENGTH", "TOO_LARGE", "TIMEOUT"]);
+
+export function isFramingViolation(e: unknown): e is ProtocolError {
+  return e instanceof ProtocolError && FRAMING_VIOLATIONS.has(e.code);
+}
+
 /** The stream ended cleanly between two messages. */
 export class EndOfStreamError extends Error {
   override name = "EndOfStreamError";
@@ -442,4 +449,50 @@ async function drained(stream: Stream, signal?: AbortSignal): Promise<void> {
 
 function asError(reason: unknown): Error {
   return reason instanceof Error ? reason : new Error(String(reason ?? "aborted"));
+}
+
+/**
+ * Watches the varint-prefixed messages of a stream that another reader consumes (the kad-dht's,
+ * through @libp2p/utils' lpStream, whose endless-prefix loop is described at the top of this file)
+ * and aborts the stream, before that reader sees the bytes, at the first prefix longer than
+ * `maxBytes` needs or declaring more than `maxBytes`. Must be called before the reader listens (a
+ * stream middleware). Payload bytes are skipped over, never copied.
+ */
+export function guardFrames(stream: Stream, maxBytes: number, onRefused?: (error: ProtocolError) => void): void {
+  const maxPrefix = varintLength(maxBytes);
+  let prefixBytes = 0;
+  let length = 0;
+  let remaining = 0;
+  const onMessage = (evt: StreamMessageEvent) => {
+    for (const bytes of evt.data instanceof Uint8Array ? [evt.data] : evt.data) {
+      let i = 0;
+      while (i < bytes.byteLength) {
+        if (remaining > 0) {
+          const n = Math.min(remaining, bytes.byteLength - i);
+          remaining -= n;
+          i += n;
+          continue;
+        }
+        const byte = bytes[i++]!;
+        length += (byte & 0x7f) * 2 ** (7 * prefixBytes);
+        prefixBytes++;
+        let error: ProtocolError | undefined;
+        if (byte & 0x80) {
+          if (prefixBytes >= maxPrefix)
+            error = new ProtocolError("BAD_LENGTH", `length prefix longer than the ${maxPrefix} bytes a ${maxBytes}-byte limit needs`);
+          else continue;
+        } else if (length > maxBytes) error = new ProtocolError("TOO_LARGE", `message of ${length} bytes, over the limit of ${maxBytes}`);
+        if (error) {
+          evt.stopImmediatePropagation();
+          stream.removeEventListener("message", onMessage);
+          onRefused?.(error);
+          stream.abort(error);
+          return;
+        }
+        remaining = length;
+        prefixBytes = length = 0;
+      }
+    }
+  };
+  stream.addEventListener("message", onMessage);
 }

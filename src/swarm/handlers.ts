@@ -7,8 +7,8 @@ import type { PrivateKey, Stream } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { errorMessage, logger } from "../log.js";
 import { ProtocolError } from "../wire/errors.js";
-import { SESSION_TAG, SESSION_TAG_VALUE, type SwarmHost, tagPeer } from "./host.js";
-import { framingDefaults, ShareOfBudget } from "./framing.js";
+import { misbehaved, SESSION_TAG, SESSION_TAG_VALUE, type SwarmHost, tagPeer } from "./host.js";
+import { framingDefaults, isFramingViolation, ShareOfBudget } from "./framing.js";
 import { answerProbe, PROBE_PROTOCOL } from "./link-probe.js";
 import {
   decodeMessage,
@@ -74,7 +74,14 @@ export class SpanHandlers {
 
   async register(): Promise<void> {
     await this.host.handle(SPAN_PROTOCOL, (stream, connection) => this.serveSession(stream, connection.remotePeer.toString()), { maxInboundStreams: 256 });
-    await this.host.handle(PROBE_PROTOCOL, (stream) => answerProbe(stream), { maxInboundStreams: 8 });
+    await this.host.handle(
+      PROBE_PROTOCOL,
+      (stream, connection) =>
+        answerProbe(stream, (e) => {
+          if (isFramingViolation(e)) misbehaved(this.host, connection.remotePeer, `probe stream: ${e.message}`);
+        }),
+      { maxInboundStreams: 8 },
+    );
     await this.host.handle(PUSH_PROTOCOL, (stream, connection) => this.acceptPushes(stream, connection.remotePeer.toString()), {
       maxInboundStreams: 256,
       maxOutboundStreams: 256,
@@ -95,7 +102,7 @@ export class SpanHandlers {
     try {
       for (;;) {
         // Undefined: the client closed or reset the stream, or sent an oversized frame.
-        const bytes = await readFrame(lp, "span", from);
+        const bytes = await readFrame(this.host, lp, "span", from);
         if (!bytes) return;
         if (bytes instanceof ProtocolError) {
           await fail(bytes.code, `${bytes.message}; send it again later`);
@@ -322,7 +329,7 @@ export class SpanHandlers {
     const lp = framedStream(stream, { budget: this.budgetOf(from, +1) });
     try {
       for (;;) {
-        const bytes = await readFrame(lp, "push", from);
+        const bytes = await readFrame(this.host, lp, "push", from);
         if (!bytes) return;
         if (bytes instanceof ProtocolError) {
           this.stats.pushesIgnored++; // the client relays the step after its grace
@@ -365,7 +372,12 @@ export class SpanHandlers {
  * (BUSY: skipped, the stream goes on); undefined once the stream ended (closed, reset, or a frame
  * over the limit or too slow).
  */
-async function readFrame(lp: ReturnType<typeof framedStream>, protocol: string, from: string): Promise<Uint8Array | ProtocolError | undefined> {
+async function readFrame(
+  host: SwarmHost,
+  lp: ReturnType<typeof framedStream>,
+  protocol: string,
+  from: string,
+): Promise<Uint8Array | ProtocolError | undefined> {
   try {
     return (await lp.read()).subarray();
   } catch (e) {
@@ -373,6 +385,7 @@ async function readFrame(lp: ReturnType<typeof framedStream>, protocol: string, 
       log("%s stream from %s: %s", protocol, from, e.message);
       return e;
     }
+    if (isFramingViolation(e)) misbehaved(host, from, `${protocol} stream: ${e.message}`);
     log.trace("%s stream from %s ended: %s", protocol, from, errorMessage(e));
     return undefined;
   }

@@ -5,7 +5,7 @@ import "./node20.js";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
 import { identify } from "@libp2p/identify";
-import type { Connection, ConnectionGater, MultiaddrConnection, PeerId, PrivateKey } from "@libp2p/interface";
+import type { Connection, ConnectionGater, MultiaddrConnection, PeerId, PrivateKey, StreamMiddleware } from "@libp2p/interface";
 import { type KadDHT } from "@libp2p/kad-dht";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { ping, type Ping } from "@libp2p/ping";
@@ -15,6 +15,8 @@ import type { Multiaddr } from "@multiformats/multiaddr";
 import { createLibp2p, type Libp2p } from "libp2p";
 import { errorMessage, logger } from "../log.js";
 import { DHT_PROTOCOL, swarmDht } from "./dht.js";
+import { BanList } from "./bans.js";
+import { guardFrames } from "./framing.js";
 
 const log = logger("swarm:host");
 
@@ -46,6 +48,9 @@ export interface ConnectionLimits {
   maxConnectionsPerPeer: number;
   /** New inbound connections accepted per second from one IP (an IPv6 /64). */
   newConnectionsPerIpPerSecond: number;
+  /** Framing violations (an endless or oversized length prefix, a stalled message) from one peer within `misbehaviourWindowMs` that get it banned. */
+  misbehaviourStrikes: number;
+  misbehaviourWindowMs: number;
   /** Loopback peers skip the per-IP caps and rate (a local swarm is all 127.0.0.1); behind a local proxy or tunnel set false. */
   exemptLoopback: boolean;
   /** Outbound dials at once (libp2p `maxParallelDials`). */
@@ -86,6 +91,12 @@ export const SERVER_LIMITS: Readonly<ConnectionLimits> = Object.freeze({
   maxConnectionsPerPeer: 3,
   // An honest peer connects once and stays; 10 a second per IP covers a NAT'd office reconnecting.
   newConnectionsPerIpPerSecond: 10,
+  // An honest peer never sends a bad length prefix; a stalled message can happen on a bad link, but
+  // not five in a minute. A banned peer's connections are closed and it (and its IP, unless
+  // loopback) is refused before any handshake for 15 s, doubling with every ban (bans.ts): an
+  // attacker reopening reset streams at 150 a second otherwise kept the node busy negotiating them.
+  misbehaviourStrikes: 5,
+  misbehaviourWindowMs: 60_000,
   // A loopback peer runs on this machine, not on the internet: local swarms and tests use 127.0.0.1.
   exemptLoopback: true,
   // A server's dials are its announcer's and the DHT's (a provide per block, alpha 3 each); queued
@@ -130,6 +141,50 @@ export interface HostOptions {
   limits?: Partial<ConnectionLimits>;
 }
 
+const guards = new WeakMap<SwarmHost, InboundGuard>();
+
+/**
+ * Counts a framing violation against `peer` (a length prefix longer than the cap needs, a declared
+ * length over it, a message that stalled past its deadline): at `misbehaviourStrikes` within the
+ * window the peer is banned, its connections closed, and it and the IPs it connected from are
+ * refused before any handshake while the ban lasts.
+ */
+export function misbehaved(host: SwarmHost, peer: PeerId | string, reason: string): void {
+  guards.get(host)?.strike(typeof peer === "string" ? peer : peer.toString(), reason);
+}
+
+/** Whether `peer` is banned for misbehaviour now. */
+export function isBannedForMisbehaviour(host: SwarmHost, peer: PeerId | string): boolean {
+  return guards.get(host)?.isBanned(typeof peer === "string" ? peer : peer.toString()) ?? false;
+}
+
+/** The most a kad-dht message can be: @libp2p/utils' byte stream fails a read buffer over 4 MiB. */
+export const DHT_MAX_MESSAGE_BYTES = 4 << 20;
+
+/**
+ * The kad-dht reads its streams with @libp2p/utils' lpStream, which never refuses a length prefix
+ * that does not end (a core busy and memory growing until the DHT's 10 s message timeout, on every
+ * stream a peer opens). A stream middleware watches the DHT's streams, inbound and outbound, and
+ * aborts one at the first bad prefix, before the DHT's reader sees it (`guardFrames`).
+ */
+function guardDhtStreams(host: SwarmHost): void {
+  const chain: StreamMiddleware[] = [];
+  chain.push((stream, connection, next) => {
+    // libp2p 3.3 appends the protocol's handler to this very array for every inbound stream
+    // (js-libp2p#3534), so handlers pile up stream after stream: this stream's own, appended just
+    // before the chain started, is taken back off and run here (an outbound stream has none).
+    const own = chain.splice(1);
+    guardFrames(stream, DHT_MAX_MESSAGE_BYTES, (e) => {
+      log("peer %s: DHT stream aborted: %s", connection.remotePeer, e.message);
+      misbehaved(host, connection.remotePeer, `DHT stream: ${e.code}`);
+    });
+    const handler = own.at(-1);
+    if (handler) return handler(stream, connection, next);
+    next(stream, connection);
+  });
+  host.use(DHT_PROTOCOL, chain);
+}
+
 export async function createSwarmHost(opts: HostOptions): Promise<SwarmHost> {
   const server = opts.role === "server";
   const overrides = Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined));
@@ -161,6 +216,8 @@ export async function createSwarmHost(opts: HostOptions): Promise<SwarmHost> {
     connectionMonitor: { enabled: true, pingInterval: 10_000 },
   })) as unknown as SwarmHost;
   guard.host = host;
+  guards.set(host, guard);
+  guardDhtStreams(host);
   if (limits.keepFree > 0) keepRoom(host, limits);
   // The DHT answers provider queries with addresses from the peer store, which does not hold the
   // host's own: without them a node's own provider records would be dropped from its answers.
@@ -209,6 +266,10 @@ class InboundGuard {
   private readonly byPeer = new Map<string, number>();
   private readonly tracked = new WeakMap<MultiaddrConnection, Inbound>();
   private readonly rate: RateLimiter;
+  /** Recent framing violations per peer (times, oldest first). */
+  private readonly strikes = new Map<string, number[]>();
+  /** Banned peers and IPs (keys `peer:<id>` and `ip:<key>`). */
+  private readonly bans = new BanList();
 
   constructor(private readonly limits: ConnectionLimits) {
     this.rate = new RateLimiter({ points: limits.newConnectionsPerIpPerSecond, duration: 1 });
@@ -222,10 +283,44 @@ class InboundGuard {
     };
   }
 
+  strike(peer: string, reason: string): void {
+    const now = Date.now();
+    const recent = (this.strikes.get(peer) ?? []).filter((t) => now - t < this.limits.misbehaviourWindowMs);
+    recent.push(now);
+    this.strikes.set(peer, recent);
+    log("peer %s misbehaved (%d of %d strikes): %s", peer, recent.length, this.limits.misbehaviourStrikes, reason);
+    if (recent.length < this.limits.misbehaviourStrikes) return;
+    this.strikes.delete(peer);
+    const ms = this.bans.ban(`peer:${peer}`, now);
+    const ips = new Set<string>();
+    for (const c of this.host?.getConnections(peerIdFromString(peer)) ?? []) {
+      const addr = ipKey(c.remoteAddr);
+      if (c.direction === "inbound" && addr && !(addr.loopback && this.limits.exemptLoopback)) ips.add(addr.key);
+    }
+    for (const ip of ips) this.bans.ban(`ip:${ip}`, now);
+    log.error(
+      "banned peer %s%s for %d s after %d framing violations (last: %s)",
+      peer,
+      ips.size ? ` and ${[...ips].join(", ")}` : "",
+      ms / 1000,
+      recent.length,
+      reason,
+    );
+    this.host?.hangUp(peerIdFromString(peer)).catch((e: unknown) => log.error("could not close the connections of banned peer %s: %s", peer, errorMessage(e)));
+  }
+
+  isBanned(peer: string): boolean {
+    return this.bans.isBanned(`peer:${peer}`, Date.now());
+  }
+
   /** A new socket, before any handshake. True: refuse it (libp2p then closes the socket). */
   private admit(maConn: MultiaddrConnection): boolean {
     const addr = ipKey(maConn.remoteAddr);
     if (!addr) return false;
+    if (this.bans.isBanned(`ip:${addr.key}`, Date.now())) {
+      log.trace("refused %a: %s is banned for misbehaviour", maConn.remoteAddr, addr.key);
+      return true;
+    }
     if (!(addr.loopback && this.limits.exemptLoopback)) {
       try {
         this.rate.consume(addr.key, 1);
@@ -268,6 +363,10 @@ class InboundGuard {
     const c = this.tracked.get(maConn);
     if (!c || c.released) return false;
     const id = peerId.toString();
+    if (this.isBanned(id)) {
+      log.trace("refused %a: peer %s is banned for misbehaviour", maConn.remoteAddr, id);
+      return true;
+    }
     const outbound = this.host?.getConnections(peerId).filter((x) => x.direction === "outbound").length ?? 0;
     const held = (this.byPeer.get(id) ?? 0) + outbound;
     if (held >= this.limits.maxConnectionsPerPeer) {

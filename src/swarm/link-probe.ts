@@ -13,7 +13,7 @@ export const PROBE_PROTOCOL = "/tessera/probe/1.0.0";
 export const PROBE_BYTES = 1 << 20;
 
 /** Reads one probe (at most PROBE_BYTES) and acknowledges it. */
-export async function answerProbe(stream: Stream): Promise<void> {
+export async function answerProbe(stream: Stream, onFailure?: (error: unknown) => void): Promise<void> {
   try {
     const lp = framed(stream, { maxBytes: PROBE_BYTES });
     await lp.read({ signal: AbortSignal.timeout(10_000) });
@@ -22,6 +22,7 @@ export async function answerProbe(stream: Stream): Promise<void> {
   } catch (e) {
     // An oversized, slow or broken probe: only its stream closes.
     log("probe from %s failed: %s", stream.id, errorMessage(e));
+    onFailure?.(e);
     stream.abort(e instanceof Error ? e : new Error(String(e)));
   }
 }
