@@ -299,7 +299,7 @@ async function runAttack(
   let honest: HonestClient | undefined;
   let attacker: ReturnType<typeof spawnAttacker> | undefined;
   try {
-    nodes = await startNodes(SHIPPED_MODEL.hf, evenSpans(L, 2));
+    nodes = await startNodes(SHIPPED_MODEL.hf, evenSpans(L, 2), ["--threads", "1"]);
     const target = nodes[def.target]!;
     record.target = { node: target.name, peer_id: target.peerId };
     honest = new HonestClient({ ...honestBase, bootstrap: nodes[0]!.addr, fresh: Boolean(def.fresh) });
@@ -503,7 +503,8 @@ export async function main(argv: string[]): Promise<void> {
       only: only ? [...only] : null,
       seed: s.seed,
       model: { path: "models/tessera-kjv", blocks: config.numLayers, hidden: config.hiddenSize, max_positions: config.maxPositionEmbeddings },
-      swarm: "fresh `tessera node` processes per attack on 127.0.0.1, spans [0, 4) and [4, 8), default flags (--max-session 2048, --idle-timeout 300)",
+      swarm:
+        "fresh `tessera node` processes per attack on 127.0.0.1, spans [0, 4) and [4, 8), --threads 1 (co-located nodes: one engine thread each, as the demo runs them), other flags default (--max-session 2048, --idle-timeout 300)",
       attacker: `a child process (bench/_abuse-attacker.ts); its libp2p hosts dial from ${ATTACKER_IP} (the node sees a remote address; the honest client and the nodes are 127.0.0.1); the Sybils of attack 8 listen and dial on 127.0.0.1`,
       honest: {
         generation: `greedy, ${PROMPT_TOKENS}-token prompt from eval.txt, ${GENERATED_TOKENS} tokens, session maxLength 64; success = completed and equal to the local engine's tokens`,

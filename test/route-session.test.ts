@@ -35,6 +35,8 @@ interface StepTrace {
  */
 class InProcessSwarm implements SpanProvider {
   readonly dead = new Set<string>();
+  /** Peers that open sessions and then answer every step with an error. */
+  readonly failing = new Set<string>();
   readonly opened: Hop[] = [];
   /** The block ranges each records() call asked for (undefined: all). */
   readonly asked: ({ start: number; end: number } | undefined)[] = [];
@@ -119,6 +121,7 @@ class InProcessSpan implements RemoteSpan {
         if (step.id <= this.lastStepId) return;
         this.lastStepId = step.id;
       }
+      if (this.swarm.failing.has(this.hop.peerId)) return this.reply(new Error(`peer ${this.hop.peerId}: INTERNAL: every step fails`));
       let output: ForwardOutput;
       try {
         output = await this.session.forward(input, { allLogits: step.allLogits });
@@ -204,6 +207,48 @@ async function greedy(session: { append(t: number[]): Promise<Float32Array> }, p
   }
   return out;
 }
+
+test("replacements that open and then fail their replay are banned and routed around within the failover budget", async () => {
+  const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));
+  const swarm = new InProcessSwarm(checkpoint, [
+    { peerId: "A", start: 0, end: 2, rps: 200 },
+    { peerId: "B", start: 2, end: 4, rps: 300 },
+    { peerId: "S1", start: 2, end: 4, rps: 250 },
+    { peerId: "S2", start: 2, end: 4, rps: 220 },
+    { peerId: "C", start: 2, end: 4, rps: 10 },
+  ]);
+  swarm.failing.add("S1").add("S2");
+  const local = await LocalPipeline.load(checkpoint, { maxSequence: 256 });
+  try {
+    const prompt = sampleTokens(7, 512, 23);
+    const expected = await greedy(local.openSession(64), prompt, 10);
+    const failovers: string[] = [];
+    const session = await RouteSession.open(swarm, {
+      numBlocks: 4,
+      maxLength: 64,
+      chained: false,
+      onFailover: (e) => failovers.push(`${e.peerId}→${e.replacement.map((h) => h.peerId)}`),
+    });
+    assert.deepEqual(
+      session.route.map((h) => h.peerId),
+      ["A", "B"],
+    );
+    const tokens = await greedy(session, prompt, 10, (i) => {
+      if (i === 4) swarm.dead.add("B");
+    });
+    assert.deepEqual(tokens, expected);
+    // S1 and S2 each opened, failed the replay of B's history and were banned; C took it.
+    assert.deepEqual(failovers, ["B→C"]);
+    assert.deepEqual(
+      swarm.opened.filter((h) => h.start === 2).map((h) => h.peerId),
+      ["B", "S1", "S2", "C"],
+    );
+    session.close();
+  } finally {
+    await local.release();
+    await swarm.release();
+  }
+});
 
 test("a session routed over three nodes generates what the local engine generates, and survives a node dying mid-generation", async () => {
   const checkpoint = await openCheckpoint(await hfModel("tiny-llama"));

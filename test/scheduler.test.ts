@@ -56,3 +56,20 @@ test("concurrency 2 runs two pieces of work at once, never more", async () => {
   );
   assert.equal(most, 2);
 });
+
+test("a peer is contended while another peer has work waiting or asked for work within the window", async () => {
+  const s = new FairScheduler(1);
+  assert.equal(s.contended("A", 0, 1000), false, "no one else");
+  await s.run("A", 1, async () => undefined, 0);
+  assert.equal(s.contended("A", 10, 1000), false, "its own work does not count");
+  assert.equal(s.contended("B", 10, 1000), true, "A asked 10 ms ago");
+  assert.equal(s.contended("B", 1001, 1000), false, "A has been idle longer than the window");
+  // Work waiting counts whatever the time.
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const held = s.run("A", 1, () => gate, 5000);
+  const queued = s.run("B", 1, async () => undefined);
+  assert.equal(s.contended("A", 99_999, 1000), true, "B is waiting");
+  release();
+  await Promise.all([held, queued]);
+});

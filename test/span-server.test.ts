@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type ForwardInput, type ForwardOutput, SessionError, type SpanRuntime, type SpanSession } from "../src/engine/interface.js";
-import { MAX_QUEUED_PUSHES, type ServerSession, SpanServer, type SpanServerOptions, type StepOutcome } from "../src/swarm/span-server.js";
+import { CONTENTION_WINDOW_MS, MAX_QUEUED_PUSHES, type ServerSession, SpanServer, type SpanServerOptions, type StepOutcome } from "../src/swarm/span-server.js";
 import { decodeTensor } from "../src/wire/tensor-frame.js";
 
 const HIDDEN = 4;
@@ -229,6 +229,58 @@ test("fair scheduling: a peer's long prefill runs in chunks, and another peer's 
   assert.equal(decodeTensor((outLong as { frame: Uint8Array }).frame).shape[1], 32, "the chunks' rows make up the step's output");
   const at = order.indexOf("8:1");
   assert.ok(at > 0 && at <= 2, `the decode step ran after at most two of the prefill's 8 chunks: ${order.join(" ")}`);
+});
+
+test("a long step runs in smaller chunks while another peer has used the engine recently, in full chunks otherwise", async () => {
+  const sizes: number[] = [];
+  let clock = 0;
+  const { s } = await server({
+    maxSessionLength: 64,
+    cacheTokens: 1000,
+    prefillChunk: 8,
+    contendedChunk: 2,
+    now: () => clock,
+    load: async (a, b) => {
+      const rt = standIn(a, b, []);
+      return {
+        ...rt,
+        maxSequence: 64,
+        openSession(n: number) {
+          const inner = rt.openSession(n);
+          return {
+            get length() {
+              return inner.length;
+            },
+            maxLength: inner.maxLength,
+            forward: async (input: ForwardInput) => {
+              sizes.push((input.hidden?.length ?? 0) / HIDDEN);
+              return inner.forward(input);
+            },
+            truncate: (p: number) => inner.truncate(p),
+            close: () => inner.close(),
+          };
+        },
+      };
+    },
+  });
+  const as = (peer: string) => ({ peer, closed: () => undefined });
+  const big = await s.open({ start: 2, end: 4, maxLength: 40, codec: "none" }, as("prefiller"));
+  const small = await s.open({ start: 2, end: 4, maxLength: 8, codec: "none" }, as("decoder"));
+  assert.ok(big.ok && small.ok);
+  sizes.length = 0;
+  assert.equal((await step(s, big.session, 1, 16)).kind, "result");
+  assert.deepEqual(sizes, [8, 8], "alone on the node: full chunks");
+  assert.equal((await step(s, small.session, 1, 1)).kind, "result");
+  sizes.length = 0;
+  clock += 500;
+  const out = await step(s, big.session, 2, 6);
+  assert.equal(out.kind, "result");
+  assert.equal(decodeTensor((out as { frame: Uint8Array }).frame).shape[1], 6);
+  assert.deepEqual(sizes, [2, 2, 2], "a decoder stepped 500 ms ago: small chunks");
+  sizes.length = 0;
+  clock += CONTENTION_WINDOW_MS + 1;
+  assert.equal((await step(s, big.session, 3, 8)).kind, "result");
+  assert.deepEqual(sizes, [8], "the decoder has been idle longer than the window: full chunks again");
 });
 
 test("outputs are encoded frames: hidden states have been through exactly the session's blocks", async () => {

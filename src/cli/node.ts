@@ -1,8 +1,9 @@
-import { servedCheckpoint } from "../engine/runtime.js";
+import { threadedCheckpoint } from "../engine/engine-thread.js";
 import { type LogLevel, setLogLevel } from "../log.js";
 import { checkedModel, readManifest } from "../verify/manifest.js";
 import type { WeightFormat } from "../engine/interface.js";
 import { openCheckpoint } from "../model/checkpoint.js";
+import { checkpointHash } from "../model/hash.js";
 import type { ModelConfig } from "../model/types.js";
 import { blocksThatFit } from "../swarm/capacity.js";
 import { SwarmClient } from "../swarm/client.js";
@@ -45,7 +46,12 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const L = checkpoint.config.numLayers;
   const modelId = flags.modelId ?? (await modelIdFor(flags.model));
   const [start, end] = flags.blocks === "auto" ? await chooseSpan(flags, modelId, checkpoint.config) : parseSpan(flags.blocks);
-  const served = await servedCheckpoint(checkpoint, { format: flags.weights, threads: flags.threads, maxSequence: flags.maxSession });
+  // The engine runs on a thread of its own, so no step stops the node reading the network (engine-thread.ts).
+  const served = threadedCheckpoint(flags.model, checkpoint.config, await checkpointHash(checkpoint), {
+    format: flags.weights,
+    threads: flags.threads,
+    maxSequence: flags.maxSession,
+  });
   const manifest = flags.manifest ? await readManifest(flags.manifest) : undefined;
   const node = await SpanNode.start({
     model: manifest ? checkedModel(served, checkpoint, manifest, flags.weights) : served,
@@ -73,6 +79,7 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
   const shutdown = async () => {
     memory.stop();
     await node.stop();
+    await served.stop();
     process.exit(0);
   };
   process.once("SIGINT", shutdown);

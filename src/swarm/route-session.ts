@@ -587,32 +587,70 @@ export class RouteSession implements LogitsSession {
     }
     log("%s failed on blocks [%d, %d), banned for %d s: %s", describe(failed), start, end, banMs / 1000, error.message);
     this.closeSpan(failed, "failed");
-    const replacement = await this.connect(start, end, { checkAll: opts.caught });
-    if (opts.caught && replacement.some((h) => h.hop.peerId === peerId)) {
-      throw new Error(`peer ${peerId} was caught cheating on blocks [${start}, ${end}) and no other node serves them`);
-    }
-    // Replay: the first new hop gets the whole history; each later one gets its predecessor's outputs.
-    if (failed.history.length) {
-      let replay = concatSteps(failed.history);
-      for (const [j, live] of replacement.entries()) {
-        const out = await live.span.forward(replay.input, {});
-        live.history = [replay];
-        this.served.add(live.hop.peerId);
-        if (live.check) {
-          // Outputs before the replay's end came from hops that were checked or trusted: a wrong
-          // replay shows in this hop's later outputs, which are rolled back no further than here.
-          live.check.floor = replay.tokens;
-          this.recordOutput(live, replay.tokens, 0, out, false);
-        }
-        if (j === replacement.length - 1) break;
-        if (!out.hidden) throw new Error(`${describe(live)} returned no hidden states replaying ${replay.tokens} tokens`);
-        replay = { input: { hidden: out.hidden }, tokens: replay.tokens };
+    const maxRetries = this.opts.maxRetries ?? MAX_FAILOVERS;
+    const deadline = this.now() + (this.opts.failoverBudgetMs ?? FAILOVER_BUDGET_MS);
+    let replacement: LiveHop[];
+    for (let attempt = 0; ; attempt++) {
+      replacement = await this.connect(start, end, { checkAll: opts.caught });
+      if (opts.caught && replacement.some((h) => h.hop.peerId === peerId)) {
+        throw new Error(`peer ${peerId} was caught cheating on blocks [${start}, ${end}) and no other node serves them`);
       }
+      const broken = await this.replay(failed.history, replacement);
+      if (!broken) break;
+      // A replacement that opens and then fails its replay (a node failing every step) is banned
+      // and routed around like any failed hop, within the same budget.
+      for (const live of replacement) this.closeSpan(live, "replay failed");
+      if (attempt >= maxRetries || this.now() > deadline) {
+        log.error(
+          "%s: replaying blocks [%d, %d) failed, giving up after %d attempts: %s",
+          describe(broken.live),
+          start,
+          end,
+          attempt + 1,
+          errorMessage(broken.error),
+        );
+        throw broken.error;
+      }
+      const ms = this.bans.ban(broken.live.hop.peerId, this.now());
+      if (!this.failed.has(broken.live.hop.peerId)) {
+        this.failed.add(broken.live.hop.peerId);
+        this.opts.trust?.record(broken.live.hop.peerId, "error", errorMessage(broken.error));
+      }
+      log("%s failed replaying blocks [%d, %d), banned for %d s: %s", describe(broken.live), start, end, ms / 1000, errorMessage(broken.error));
     }
     this.hops.splice(index, 1, ...replacement);
     await this.relink();
     log("blocks [%d, %d) re-routed from %s to %s", start, end, peerId, replacement.map((h) => `${h.hop.peerId} [${h.hop.start}, ${h.hop.end})`).join(", "));
     this.opts.onFailover?.({ peerId, blocks: [start, end], error, replacement: replacement.map((h) => h.hop) });
+  }
+
+  /**
+   * Replays `history` through `replacement`: the first new hop gets the whole history, each later
+   * one its predecessor's outputs. Undefined when every hop took it; else the hop that failed.
+   */
+  private async replay(history: Step[], replacement: LiveHop[]): Promise<{ live: LiveHop; error: Error } | undefined> {
+    if (!history.length) return undefined;
+    let replay = concatSteps(history);
+    for (const [j, live] of replacement.entries()) {
+      let out: ForwardOutput;
+      try {
+        out = await live.span.forward(replay.input, {});
+      } catch (e) {
+        return { live, error: e instanceof Error ? e : new Error(String(e)) };
+      }
+      live.history = [replay];
+      this.served.add(live.hop.peerId);
+      if (live.check) {
+        // Outputs before the replay's end came from hops that were checked or trusted: a wrong
+        // replay shows in this hop's later outputs, which are rolled back no further than here.
+        live.check.floor = replay.tokens;
+        this.recordOutput(live, replay.tokens, 0, out, false);
+      }
+      if (j === replacement.length - 1) break;
+      if (!out.hidden) return { live, error: new Error(`${describe(live)} returned no hidden states replaying ${replay.tokens} tokens`) };
+      replay = { input: { hidden: out.hidden }, tokens: replay.tokens };
+    }
+    return undefined;
   }
 
   /** Routes [start, end) and opens a session on every hop; a node that refuses is banned and routed around. */

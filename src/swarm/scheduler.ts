@@ -2,7 +2,9 @@
 // virtual clock that advances by the tokens of the work it ran, and the next piece of work to
 // run is the one of the peer whose clock is least. One peer looping long prefills then waits
 // behind its own work, and another peer's decode step runs after at most the chunk in flight.
-// Pure bookkeeping: no clock, no I/O; the engine work itself is passed in.
+// It also says when a peer shares the engine with others (`contended`), so the caller can cut a
+// long step into smaller chunks while someone else is waiting between their steps.
+// Pure bookkeeping: no clock (the caller passes the time), no I/O; the engine work is passed in.
 import { errorMessage, logger } from "../log.js";
 
 const log = logger("swarm:scheduler");
@@ -20,6 +22,8 @@ export class FairScheduler {
   private readonly clock = new Map<string, number>();
   /** The virtual time of the work last started: a peer that was idle starts here, not at 0. */
   private now = 0;
+  /** Per peer: when (the caller's clock, ms) it last asked for work. */
+  private readonly seen = new Map<string, number>();
 
   /** `concurrency` pieces of work run at once (1: the engine's threads are not shared between runs). */
   constructor(private readonly concurrency = 1) {
@@ -31,8 +35,23 @@ export class FairScheduler {
     return this.waiting.length;
   }
 
-  /** Runs `task` for `peer` when its turn comes; `cost` is its size in tokens (≥ 1). */
-  async run<T>(peer: string, cost: number, task: () => Promise<T>): Promise<T> {
+  /**
+   * Whether another peer has work waiting, or asked for work within `windowMs` of `at` (a decoder
+   * between two tokens): then `peer`'s long steps should run in smaller chunks.
+   */
+  contended(peer: string, at: number, windowMs: number): boolean {
+    if (this.waiting.some((w) => w.peer !== peer)) return true;
+    for (const [other, t] of this.seen) if (other !== peer && at - t <= windowMs) return true;
+    return false;
+  }
+
+  /** Runs `task` for `peer` when its turn comes; `cost` is its size in tokens (≥ 1); `at` is the caller's time (ms). */
+  async run<T>(peer: string, cost: number, task: () => Promise<T>, at?: number): Promise<T> {
+    if (at !== undefined) {
+      this.seen.delete(peer); // kept in order of last use, so the oldest are dropped first
+      this.seen.set(peer, at);
+      if (this.seen.size > 1024) for (const [p] of this.seen) if (this.seen.size > 1024) this.seen.delete(p);
+    }
     await new Promise<void>((start) => {
       this.waiting.push({ peer, cost: Math.max(1, cost), start });
       this.dispatch();

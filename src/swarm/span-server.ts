@@ -44,6 +44,8 @@ export interface SpanServerOptions {
   peerCacheShare?: number;
   /** Longer steps run as chunks of this many tokens, each scheduled on its own (default PREFILL_CHUNK). */
   prefillChunk?: number;
+  /** While another peer uses the engine, chunks of at most this many tokens (default CONTENDED_CHUNK). */
+  contendedChunk?: number;
   /** Engine runs at once (default 1: a run already uses the engine's threads). */
   concurrency?: number;
 }
@@ -52,6 +54,13 @@ export interface SpanServerOptions {
 export const PEER_CACHE_SHARE = 0.25;
 /** Multi-token steps run in chunks of this many tokens, so another session's step waits for one chunk at most. */
 export const PREFILL_CHUNK = 32;
+/**
+ * While another peer has used the engine in the last CONTENTION_WINDOW_MS, a long step runs in
+ * chunks of at most this many tokens: a decoder's step then waits for a chunk of ~8 tokens, not 32
+ * (chunked prefill trades a little of the prefill's throughput for the decoders' latency).
+ */
+export const CONTENDED_CHUNK = 16;
+export const CONTENTION_WINDOW_MS = 1000;
 /** Pushed steps queued on one session beyond this are dropped (the client relays them): backpressure on pushes. */
 export const MAX_QUEUED_PUSHES = 4;
 /** Step ids are u32 and start at 1. */
@@ -485,22 +494,25 @@ export class SpanServer {
   }
 
   /**
-   * Runs a step on the engine through the fair scheduler, in chunks of `prefillChunk` tokens, so
-   * a long prefill of one peer holds the engine for one chunk at a time. The chunks' outputs are
-   * the step's (hidden rows of every position; logits of the last, or of every one).
+   * Runs a step on the engine through the fair scheduler, in chunks of `prefillChunk` tokens (of
+   * `contendedChunk` while another peer uses the engine), so a long prefill of one peer holds the
+   * engine for one chunk at a time. The chunks' outputs are the step's (hidden rows of every
+   * position; logits of the last, or of every one).
    */
   private async forwardFairly(session: ServerSession, input: ForwardInput, count: number, allLogits: boolean): Promise<ForwardOutput> {
     const peer = session.owner.peer ?? "";
     const chunk = Math.max(1, this.opts.prefillChunk ?? PREFILL_CHUNK);
-    if (count <= chunk) return this.scheduler.run(peer, count, () => session.engine.forward(input, { allLogits }));
+    const contendedChunk = Math.max(1, Math.min(chunk, this.opts.contendedChunk ?? CONTENDED_CHUNK));
+    const size = () => (this.scheduler.contended(peer, this.now(), CONTENTION_WINDOW_MS) ? contendedChunk : chunk);
+    let n = Math.min(size(), count);
+    if (n === count) return this.scheduler.run(peer, count, () => session.engine.forward(input, { allLogits }), this.now());
     const hiddenSize = this.opts.hiddenSize;
     const parts: ForwardOutput[] = [];
-    for (let at = 0; at < count; at += chunk) {
-      const n = Math.min(chunk, count - at);
+    for (let at = 0; at < count; at += n, n = Math.min(size(), count - at)) {
       const part: ForwardInput = input.tokens
         ? { tokens: Array.from(input.tokens).slice(at, at + n) }
         : { hidden: input.hidden!.subarray(at * hiddenSize, (at + n) * hiddenSize) };
-      parts.push(await this.scheduler.run(peer, n, () => session.engine.forward(part, { allLogits })));
+      parts.push(await this.scheduler.run(peer, n, () => session.engine.forward(part, { allLogits }), this.now()));
       if (!session.open) throw new SessionError("the session closed during its step");
     }
     if (parts[0]?.hidden) return { hidden: concat(parts.map((p) => p.hidden!)) };
