@@ -8,6 +8,8 @@ import type { ModelConfig } from "../src/model/types.js";
 import { SwarmClient } from "../src/swarm/client.js";
 import { type NodeProcess, spawnNode, stopNode } from "../src/swarm/node-process.js";
 import type { RouteSession } from "../src/swarm/route-session.js";
+import { ledgerTrust } from "../src/swarm/trust.js";
+import { ReputationLedger } from "../src/verify/ledger.js";
 import type { AttackParams, NodeRef } from "./_abuse-attacker.js";
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -133,6 +135,8 @@ export interface HonestOptions {
   stepTimeoutMs: number;
   generationTimeoutMs: number;
   maxLength: number;
+  /** The client's reputation ledger (as `tessera generate` keeps one): what it learnt of the nodes before the attack. */
+  ledger: string;
 }
 
 function closeQuietly(session: RouteSession | undefined): void {
@@ -147,8 +151,11 @@ function closeQuietly(session: RouteSession | undefined): void {
 export class HonestClient {
   private client?: SwarmClient;
   private count = 0;
+  private readonly ledger: ReputationLedger;
 
-  constructor(readonly opts: HonestOptions) {}
+  constructor(readonly opts: HonestOptions) {
+    this.ledger = ReputationLedger.open(opts.ledger);
+  }
 
   private connect(): Promise<SwarmClient> {
     return SwarmClient.connect([this.opts.bootstrap], this.opts.config, { modelId: this.opts.modelId, stepTimeoutMs: this.opts.stepTimeoutMs });
@@ -169,6 +176,7 @@ export class HonestClient {
         if (timedOut) throw new Error("timed out while connecting");
         session = await client.openSession(this.opts.maxLength, {
           chained,
+          trust: ledgerTrust(this.ledger, { modelId: this.opts.modelId }),
           onFailover: (e) => {
             if (failovers++ < 3) failoverErrors.push(errText(e.error).slice(0, 160));
           },
@@ -237,6 +245,7 @@ export class HonestClient {
   async close(): Promise<void> {
     await this.client?.close().catch(() => {});
     this.client = undefined;
+    this.ledger.close();
   }
 }
 

@@ -12,8 +12,8 @@
 //   A RSS after the settle ≤ 1.1 × before, P peak RSS ≤ the node's budget (idle RSS + its KV
 //   budget + --headroom-mb for framing and transient buffers).
 import { execSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -45,6 +45,9 @@ import { evenSpans, median } from "./_swarm-common.js";
 const here = dirname(fileURLToPath(import.meta.url));
 /** KV budget per block a `tessera node` reserves (src/cli/node.ts). */
 const NODE_CACHE_TOKENS = 16384;
+/** The honest clients' reputation ledgers, one per attack; removed on exit. */
+const LEDGERS = mkdtempSync(join(tmpdir(), "tessera-abuse-"));
+process.on("exit", () => rmSync(LEDGERS, { recursive: true, force: true }));
 const GENERATED_TOKENS = 32;
 const PROMPT_TOKENS = 16;
 
@@ -290,7 +293,7 @@ async function runAttack(
   def: AttackDef,
   s: Settings,
   common: ModelParams,
-  honestBase: Omit<ConstructorParameters<typeof HonestClient>[0], "bootstrap" | "fresh">,
+  honestBase: Omit<ConstructorParameters<typeof HonestClient>[0], "bootstrap" | "fresh" | "ledger">,
   headroomMb: number,
 ) {
   const record: Record<string, unknown> = { id: def.id, key: def.key, name: def.name };
@@ -302,7 +305,9 @@ async function runAttack(
     nodes = await startNodes(SHIPPED_MODEL.hf, evenSpans(L, 2), ["--threads", "1"]);
     const target = nodes[def.target]!;
     record.target = { node: target.name, peer_id: target.peerId };
-    honest = new HonestClient({ ...honestBase, bootstrap: nodes[0]!.addr, fresh: Boolean(def.fresh) });
+    // A ledger of its own per attack: what the client knows of the nodes comes from this run's warm-up and 'before' phase.
+    const ledger = join(LEDGERS, `${def.key}.db`);
+    honest = new HonestClient({ ...honestBase, bootstrap: nodes[0]!.addr, fresh: Boolean(def.fresh), ledger });
     record.honest_client = def.fresh ? "a new SwarmClient per generation" : "one SwarmClient, a new RouteSession per generation";
     // Warm-up: the DHT has both spans once two generations in a row succeed; at least 6 (JIT, the
     // client's routing table and the nodes' records settle: latency drifts down until then).
@@ -340,7 +345,13 @@ async function runAttack(
     const during = await honest.runWhile(() => !a.finished, 1);
     const observed = await attacker.done;
     const attackMs = Date.now() - t0 - setupMs;
-    await sleep(5000);
+    // RSS at 5, 10 and 15 s after the attacker exited; "after" is the last (memory a closing
+    // connection still holds is let go some seconds after the attacker left).
+    const rssSettling: (number | null)[] = [];
+    for (let i = 0; i < 3; i++) {
+      await sleep(5000);
+      rssSettling.push(round(rssMb(target.pid)));
+    }
     const rssAfter = rssMb(target.pid);
     sampler.stop();
     const targetAlive = alive(target);
@@ -358,6 +369,7 @@ async function runAttack(
       rss_before_mb: round(rssBefore),
       rss_peak_mb: round(peak),
       rss_after_mb: round(rssAfter),
+      rss_after_5s_10s_15s_mb: rssSettling,
       budget_mb: round(budgetMb),
       honest: {
         before: b,
@@ -508,13 +520,15 @@ export async function main(argv: string[]): Promise<void> {
       attacker: `a child process (bench/_abuse-attacker.ts); its libp2p hosts dial from ${ATTACKER_IP} (the node sees a remote address; the honest client and the nodes are 127.0.0.1); the Sybils of attack 8 listen and dial on 127.0.0.1`,
       honest: {
         generation: `greedy, ${PROMPT_TOKENS}-token prompt from eval.txt, ${GENERATED_TOKENS} tokens, session maxLength 64; success = completed and equal to the local engine's tokens`,
+        client:
+          "a SwarmClient with a reputation ledger of its own per attack (as `tessera generate` keeps one), learnt in the warm-up and 'before' phases; verification off",
         step_timeout_ms: honestBase.stepTimeoutMs,
         generation_timeout_ms: honestBase.generationTimeoutMs,
         before: s.quick ? 3 : 6,
         after: s.quick ? 2 : 4,
         during: "one after another from the attacker's 'ready' until it exits (at least 1)",
       },
-      rss: "VmRSS of the attacked node's process from /proc: before = after the honest 'before' phase; peak = max of 100 ms samples from the attack's start to the end of the settle; after = 5 s after the attacker exited",
+      rss: "VmRSS of the attacked node's process from /proc: before = after the honest 'before' phase; peak = max of 100 ms samples from the attack's start to the end of the settle; after = 15 s after the attacker exited (rss_after_5s_10s_15s_mb: at 5, 10 and 15 s)",
       budget: `idle RSS (before) + the node's KV budget (${NODE_CACHE_TOKENS} tokens × blocks × ${kvBytesPerBlock(config, 1)} B) + ${headroomMb} MiB headroom`,
       goals: { honest_success_rate_during: 1, honest_latency_ratio_during_max: 3, rss_after_over_before_max: 1.1, rss_peak: "≤ budget" },
     },

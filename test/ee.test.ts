@@ -3,7 +3,7 @@
 // at L1) in HF and GGUF form; deliberately wrong transforms break it; no key bytes or tokenizer
 // leave with the encrypted model.
 import assert from "node:assert/strict";
-import { readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { cp, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { EncryptedSession, VocabCipher } from "../src/ee/cipher.js";
@@ -29,6 +29,8 @@ import { SpanRunner } from "../src/engine/runtime.js";
 import { argmax, GREEDY } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { readGguf } from "../src/model/gguf.js";
+import { readSafetensors } from "../src/model/safetensors.js";
+import type { ModelConfig } from "../src/model/types.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens, workDir } from "./support/fixtures.js";
@@ -319,14 +321,29 @@ describe("what leaves with the encrypted model", () => {
     return raw.flatMap((b) => [b, Buffer.from(b.toString("hex")), Buffer.from(b.toString("hex").toUpperCase()), Buffer.from(b.toString("base64"))]);
   }
 
-  test("a Hugging Face output holds config, weights and manifest only: no tokenizer, no key bytes", async () => {
-    const model = await hfModel("tiny-qwen2");
+  test("a Hugging Face output holds config, weights and manifest only: no tokenizer, no key bytes, nothing that names the base model", async () => {
+    // A copy of the fixture with what a downloaded folder carries: its Hub name and provenance.
+    const model = join(workDir, "qwen2-named");
+    await cp(await hfModel("tiny-qwen2"), model, { recursive: true });
+    const named = JSON.parse(await readFile(join(model, "config.json"), "utf8"));
+    Object.assign(named, { _name_or_path: "Qwen/Qwen2-0.5B-Instruct", transformers_version: "4.44.0", model_card: "Qwen2 0.5B" });
+    await writeFile(join(model, "config.json"), JSON.stringify(named));
+    const st = await readSafetensors(join(model, "model.safetensors"));
     const { key, out, manifest, manifestFile } = await encrypt(model, "L1");
     assert.deepEqual((await readdir(out)).sort(), ["config.json", "ee-manifest.json", "model.safetensors"]);
     assert.equal(manifestFile, join(out, "ee-manifest.json"));
-    assert.deepEqual(Object.keys(manifest).sort(), ["baseModelHash", "deploymentId", "level", "modelHash", "ropeLayout"]);
+    assert.deepEqual(Object.keys(manifest).sort(), ["deploymentId", "level", "modelHash", "ropeLayout"], "no base-model hash");
+    assert.equal(JSON.parse(await readFile(manifestFile, "utf8")).baseModelHash, undefined);
     const config = JSON.parse(await readFile(join(out, "config.json"), "utf8"));
     assert.equal(config.eos_token_id, undefined, "plaintext special ids are not published");
+    for (const k of ["_name_or_path", "transformers_version", "model_card"]) assert.equal(config[k], undefined, `${k} is not published`);
+    const shape = ({ eosTokenIds: _e, bosTokenId: _b, ...rest }: ModelConfig) => rest;
+    assert.deepEqual(shape((await openCheckpoint(out)).config), shape((await openCheckpoint(model)).config), "the loader reads the same config");
+    assert.deepEqual(
+      Object.keys((await readSafetensors(join(out, "model.safetensors"))).metadata),
+      Object.keys(st.metadata).filter((k) => k === "format"),
+    );
+    assert.ok(!(await readFile(join(out, "config.json"), "utf8")).includes("Qwen2-0.5B"));
     const needles = keyMaterial(key, (await openCheckpoint(model)).config);
     for (const file of await readdir(out)) {
       const bytes = await readFile(join(out, file));
@@ -335,12 +352,17 @@ describe("what leaves with the encrypted model", () => {
     await assert.rejects(loadTokenizer(await openCheckpoint(out)), /tokenizer\.json/);
   });
 
-  test("a GGUF output has no tokenizer metadata, still loads, and its manifest holds no key bytes", async () => {
+  test("a GGUF output has no tokenizer metadata and no name, still loads, and its manifest holds no key bytes", async () => {
     const model = await ggufModel("tiny-gpt2");
     const { key, out, manifestFile } = await encrypt(model, "L1");
     const gguf = await readGguf(out);
+    assert.ok((await readGguf(model)).metadata.has("general.name"), "the fixture names its model");
     assert.deepEqual(
-      [...gguf.metadata.keys()].filter((k) => k.startsWith("tokenizer.")),
+      [...gguf.metadata.keys()].filter(
+        (k) =>
+          k.startsWith("tokenizer.") ||
+          (k.startsWith("general.") && !["general.architecture", "general.alignment", "general.file_type", "general.quantization_version"].includes(k)),
+      ),
       [],
     );
     const input = await readGguf(model);

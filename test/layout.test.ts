@@ -8,7 +8,7 @@ import { test } from "node:test";
 const SRC = join(import.meta.dirname, "..", "src");
 
 /** Top-level modules every area may use. */
-const SHARED = ["log", "canonical-json"];
+const SHARED = ["log", "canonical-json", "gc"];
 
 /** What each area may import (besides itself and the SHARED modules). */
 const ALLOWED: Record<string, string[]> = {

@@ -1,7 +1,7 @@
 // Giving memory back after a flood: the collection decision, and the watch in a real process.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { collected, initialReclaimState, measuredAfter, RECLAIM_DEFAULTS, reclaimFloor, shouldCollect, watchMemory } from "../src/swarm/memory.js";
+import { collected, initialReclaimState, measuredAfter, RECLAIM_DEFAULTS, reclaimFloor, sampled, shouldCollect, watchMemory } from "../src/swarm/memory.js";
 
 const MiB = 2 ** 20;
 
@@ -18,6 +18,31 @@ test("a collection runs when RSS grew well above the floor, or after framing rel
   assert.equal(s.released, 0);
   assert.equal(shouldCollect(s, 400 * MiB, 10_000 + RECLAIM_DEFAULTS.minIntervalMs - 1), undefined);
   assert.ok(shouldCollect(s, 400 * MiB, 10_000 + RECLAIM_DEFAULTS.minIntervalMs));
+});
+
+test("collections that free little back off (doubling up to 16 s); one that frees enough, or released buffers, collect again at once", () => {
+  const o = RECLAIM_DEFAULTS;
+  let s = initialReclaimState(200 * MiB, 0);
+  let t = 10_000;
+  const waits: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    s = measuredAfter(collected(s, t), t, 260 * MiB, 261 * MiB);
+    let next = t + o.minIntervalMs;
+    while (!shouldCollect(s, 260 * MiB, next) && next < t + 2 * o.maxBackoffMs) next += 1000;
+    waits.push(next - t);
+    t = next;
+  }
+  assert.deepEqual(waits, [4000, 8000, 16_000, 16_000, 16_000, 16_000]);
+  // RSS falling by itself (memory let go) skips the backoff.
+  s = measuredAfter(collected(s, t), t, 260 * MiB, 261 * MiB);
+  assert.equal(shouldCollect(s, 260 * MiB, t + o.minIntervalMs), undefined);
+  assert.ok(shouldCollect(sampled(s, 280 * MiB), 270 * MiB, t + o.minIntervalMs), "fell 10 MiB since the last check");
+  // Framing's released buffers are not held back by the backoff.
+  assert.ok(shouldCollect({ ...s, released: o.releasedBytes }, 260 * MiB, t + o.minIntervalMs));
+  // An effective collection resets it.
+  s = measuredAfter(collected(s, t), t, 230 * MiB, 300 * MiB);
+  assert.equal(s.backoffMs, 0);
+  assert.ok(shouldCollect(s, 260 * MiB, t + o.minIntervalMs));
 });
 
 test("the floor is the lowest RSS after a recent collection: lasting growth stops triggering once the window passes", () => {

@@ -69,7 +69,7 @@ export async function nodeCommand(flags: NodeFlags): Promise<void> {
     listen: [`/ip4/${flags.host}/tcp/${flags.port}`],
   });
   // The node is this process: it gives memory a flood left behind back to the system (memory.ts).
-  const memory = watchMemory();
+  const memory = watchMemory({ alsoCollect: () => served.collect() });
   framingDefaults.budget.onRelease = (bytes) => memory.released(bytes);
   console.log(`serving blocks [${start}, ${Math.min(end, L)}) of ${L} of ${modelId}`);
   for (const addr of node.addresses) console.log(`listening ${addr}`);

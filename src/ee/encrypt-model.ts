@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { type Checkpoint, openCheckpoint } from "../model/checkpoint.js";
-import { expectedShapes } from "../model/config.js";
+import { configFromHf, expectedShapes } from "../model/config.js";
 import { checkpointHash } from "../model/hash.js";
 import { type GgufTensorInput, type GgufTyped, gguf, readGguf, typedMetadata, writeGguf } from "../model/gguf.js";
 import { dequantize, quantize } from "../model/quant.js";
@@ -76,8 +76,9 @@ export async function encryptModel(opts: EncryptModelOptions): Promise<EncryptMo
   const requantized: string[] = checkpoint.format === "hf" ? await writeHf(checkpoint, plan, opts) : await writeGgufOut(checkpoint, plan, opts);
 
   const encrypted = await openCheckpoint(opts.out);
+  // No base-model hash: it would tell a node which public weights to match against (the client's
+  // key holds it).
   const manifest: EeManifest = {
-    baseModelHash: key.baseModelHash,
     level: key.level,
     ropeLayout: key.ropeLayout,
     deploymentId: deploymentId(key),
@@ -118,6 +119,37 @@ function checkKeyFits(key: EeKey, base: Omit<EeKey, "v" | "secret">, where: stri
 /** Config keys holding plaintext token ids; they mean nothing to an encrypted model. */
 const HF_TOKEN_ID_KEYS = ["bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id"];
 
+/**
+ * The config.json an encrypted folder publishes: the keys the loader reads (recorded by reading
+ * the config through a proxy, so the list cannot fall behind the loader) and `architectures`,
+ * without token ids. Everything else (`_name_or_path`, `transformers_version`, a model card's
+ * fields) would only help a node name the public model it serves.
+ */
+export function publishedHfConfig(config: Record<string, unknown>, file: string): Record<string, unknown> {
+  const read = new Set<string>(["architectures", "model_type"]);
+  configFromHf(
+    new Proxy(config, {
+      get: (target, key) => {
+        if (typeof key === "string") read.add(key);
+        return target[key as string];
+      },
+    }),
+    file,
+  );
+  return Object.fromEntries(Object.entries(config).filter(([k]) => read.has(k) && !HF_TOKEN_ID_KEYS.includes(k)));
+}
+
+/**
+ * The GGUF metadata keys an encrypted file keeps: the architecture, layout and quantization keys
+ * and the architecture's hyperparameters (`<arch>.*`); the tokenizer and every other `general.*`
+ * key (name, basename, size label, base model, source URL, author, licence, tags) are dropped.
+ */
+export function publishedGgufKey(key: string, arch: string): boolean {
+  if (key.startsWith("tokenizer.")) return false;
+  if (key.startsWith(`${arch}.`)) return true;
+  return ["general.architecture", "general.alignment", "general.file_type", "general.quantization_version"].includes(key);
+}
+
 async function writeHf(checkpoint: Checkpoint, plan: Map<string, TensorTransform>, opts: EncryptModelOptions): Promise<string[]> {
   const c = checkpoint.config;
   const names = [...expectedShapes(c).keys()];
@@ -145,14 +177,16 @@ async function writeHf(checkpoint: Checkpoint, plan: Map<string, TensorTransform
         totalSize += bytes.length;
         opts.onProgress?.(++done, names.length);
       }
-      await writeSafetensors(join(opts.out, basename(file)), tensors, (await readSafetensors(file)).metadata);
+      // Of the header's free-form metadata only `format` stays (it can name the model or its source).
+      const { format } = (await readSafetensors(file)).metadata ?? {};
+      await writeSafetensors(join(opts.out, basename(file)), tensors, format ? { format } : undefined);
     }
     if (byFile.size > 1 || existsSync(join(checkpoint.path, INDEX_FILE_NAME))) {
       const index = { metadata: { total_size: totalSize }, weight_map: weightMap };
       await writeFile(join(opts.out, INDEX_FILE_NAME), JSON.stringify(index, null, 2) + "\n");
     }
-    const config = JSON.parse(await readFile(join(checkpoint.path, "config.json"), "utf8")) as Record<string, unknown>;
-    for (const k of HF_TOKEN_ID_KEYS) delete config[k];
+    const configFile = join(checkpoint.path, "config.json");
+    const config = publishedHfConfig(JSON.parse(await readFile(configFile, "utf8")) as Record<string, unknown>, configFile);
     await writeFile(join(opts.out, "config.json"), JSON.stringify(config, null, 2) + "\n");
   } catch (e) {
     await rm(opts.out, { recursive: true, force: true });
@@ -171,8 +205,9 @@ async function writeGgufOut(checkpoint: Checkpoint, plan: Map<string, TensorTran
     throw new CheckpointError(`cannot copy tensors of unsupported ggml types: ${unsupported.join(", ")}`, checkpoint.path);
   }
   const arch = String(file.metadata.get("general.architecture"));
-  // The tokenizer stays with the client; the vocabulary size the loader needs moves to <arch>.vocab_size.
-  const metadata: Array<[string, GgufTyped]> = [...file.metadata.keys()].filter((k) => !k.startsWith("tokenizer.")).map((k) => [k, typedMetadata(file, k)]);
+  // The tokenizer stays with the client, names and provenance are dropped (publishedGgufKey); the
+  // vocabulary size the loader needs moves to <arch>.vocab_size.
+  const metadata: Array<[string, GgufTyped]> = [...file.metadata.keys()].filter((k) => publishedGgufKey(k, arch)).map((k) => [k, typedMetadata(file, k)]);
   if (!file.metadata.has(`${arch}.vocab_size`)) metadata.push([`${arch}.vocab_size`, gguf.u32(checkpoint.config.vocabSize)]);
 
   const requantized: string[] = [];

@@ -7,7 +7,6 @@ import { EE_LEVELS, EeKeyError, type EeLevel, type RopeLayout } from "./key.js";
 
 /** Public description of an EE deployment; never holds key material. */
 export interface EeManifest {
-  baseModelHash: string;
   level: EeLevel;
   ropeLayout: RopeLayout;
   deploymentId: string;
@@ -47,8 +46,8 @@ export async function readManifestFor(checkpointPath: string): Promise<EeManifes
   if (!EE_LEVELS.includes(json.level as EeLevel)) {
     throw new EeKeyError(`${file}: EE manifest field 'level' must be one of ${EE_LEVELS.join(", ")}, found ${JSON.stringify(json.level)}`);
   }
+  // A `baseModelHash` written by earlier versions is ignored (it named the public base model).
   return {
-    baseModelHash: hex("baseModelHash"),
     level: json.level as EeLevel,
     ropeLayout: json.ropeLayout as RopeLayout,
     deploymentId: hex("deploymentId"),

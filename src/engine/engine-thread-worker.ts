@@ -3,6 +3,7 @@
 // network never stops for a run. It answers the fixed set of requests in engine-thread.ts, in the
 // order they come; tensors travel as transferred buffers.
 import { parentPort, workerData } from "node:worker_threads";
+import { fullCollection } from "../gc.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { errorMessage } from "../log.js";
 import { SessionError, type SpanRuntime, type SpanSession } from "./interface.js";
@@ -14,6 +15,7 @@ const port = parentPort!;
 const checkpoint = openCheckpoint(data.path);
 const runtimes = new Map<number, SpanRuntime>();
 const sessions = new Map<number, SpanSession>();
+const gc = fullCollection();
 
 /** The buffer of `a` alone, to transfer (a view into a larger buffer is copied first). */
 function own(a: Float32Array): Float32Array {
@@ -57,6 +59,9 @@ async function handle(req: EngineRequest): Promise<void> {
     case "close":
       sessions.get(req.session)?.close();
       sessions.delete(req.session);
+      return reply({ id: req.id, ok: true });
+    case "collect":
+      gc?.();
       return reply({ id: req.id, ok: true });
     case "release": {
       const rt = runtimes.get(req.runtime);

@@ -34,7 +34,8 @@ type Request =
   | { op: "forward"; session: number; tokens?: number[]; hidden?: Float32Array; allLogits: boolean }
   | { op: "truncate"; session: number; position: number }
   | { op: "close"; session: number }
-  | { op: "release"; runtime: number };
+  | { op: "release"; runtime: number }
+  | { op: "collect" };
 export type EngineRequest = Request & { id: number };
 
 export interface LoadReply {
@@ -105,6 +106,11 @@ export class EngineThread {
   /** Sends a request whose failure only needs logging (truncate, close: already checked here). */
   tell(req: Request, what: string): void {
     this.request(req).catch((e: unknown) => log.error("%s on the engine thread failed: %s", what, errorMessage(e)));
+  }
+
+  /** A full collection of the engine thread's heap (closed sessions' KV caches, step outputs). */
+  collect(): void {
+    this.tell({ op: "collect" }, "a collection");
   }
 
   async stop(): Promise<void> {
@@ -204,7 +210,7 @@ export function threadedCheckpoint(
   config: ModelConfig,
   checkpointHash: string,
   options: EngineThreadData["options"] = {},
-): ServedModel & { stop(): Promise<void> } {
+): ServedModel & { collect(): void; stop(): Promise<void> } {
   const thread = new EngineThread({ path, options });
   return {
     config,
@@ -213,6 +219,7 @@ export function threadedCheckpoint(
       const r = await thread.request({ op: "load", start, end });
       return new ThreadRuntime(thread, r.id, r.load!);
     },
+    collect: () => thread.collect(),
     stop: () => thread.stop(),
   };
 }

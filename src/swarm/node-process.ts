@@ -27,7 +27,9 @@ export function spawnNode(model: string, start: number, end: number, extraArgs: 
 
 /** Runs `node ...args` (a program that prints `listening <multiaddr>`); resolves once it listens, rejects if it exits first. */
 export function spawnListening(args: string[], what: string): Promise<NodeProcess> {
-  const proc = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: process.env });
+  // glibc gives each thread that allocates its own arena and keeps what a flood freed there; a
+  // node has an engine thread, so its processes run with two arenas (unless the caller set it).
+  const proc = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { MALLOC_ARENA_MAX: "2", ...process.env } });
   return new Promise((resolve, reject) => {
     let out = "";
     let err = "";
