@@ -185,35 +185,42 @@ test("pushes get backpressure: past MAX_QUEUED_PUSHES queued on a session, pushe
   assert.ok(s.acceptsPush(session), "the queue drained");
 });
 
+/** A stand-in loader whose sessions call `onForward(maxLength, rows)` before each step runs. */
+function watchedLoad(onForward: (maxLength: number, rows: number) => Promise<void> | void): SpanServerOptions["load"] {
+  return async (a, b) => {
+    const rt = standIn(a, b, []);
+    return {
+      ...rt,
+      maxSequence: 64,
+      openSession(n: number) {
+        const inner = rt.openSession(n);
+        return {
+          get length() {
+            return inner.length;
+          },
+          maxLength: inner.maxLength,
+          forward: async (input: ForwardInput) => {
+            await onForward(n, (input.hidden?.length ?? 0) / HIDDEN);
+            return inner.forward(input);
+          },
+          truncate: (p: number) => inner.truncate(p),
+          close: () => inner.close(),
+        };
+      },
+    };
+  };
+}
+
 test("fair scheduling: a peer's long prefill runs in chunks, and another peer's step runs between them", async () => {
   const order: string[] = [];
   const { s } = await server({
     maxSessionLength: 64,
     cacheTokens: 1000,
     prefillChunk: 4,
-    load: async (a, b) => {
-      const rt = standIn(a, b, []);
-      return {
-        ...rt,
-        maxSequence: 64,
-        openSession(n: number) {
-          const inner = rt.openSession(n);
-          return {
-            get length() {
-              return inner.length;
-            },
-            maxLength: inner.maxLength,
-            forward: async (input: ForwardInput) => {
-              order.push(`${n}:${(input.hidden?.length ?? 0) / HIDDEN}`);
-              await new Promise((r) => setTimeout(r, 5));
-              return inner.forward(input);
-            },
-            truncate: (p: number) => inner.truncate(p),
-            close: () => inner.close(),
-          };
-        },
-      };
-    },
+    load: watchedLoad(async (n, rows) => {
+      order.push(`${n}:${rows}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }),
   });
   order.length = 0;
   const as = (peer: string) => ({ peer, closed: () => undefined });
@@ -240,28 +247,9 @@ test("a long step runs in smaller chunks while another peer has used the engine 
     prefillChunk: 8,
     contendedChunk: 2,
     now: () => clock,
-    load: async (a, b) => {
-      const rt = standIn(a, b, []);
-      return {
-        ...rt,
-        maxSequence: 64,
-        openSession(n: number) {
-          const inner = rt.openSession(n);
-          return {
-            get length() {
-              return inner.length;
-            },
-            maxLength: inner.maxLength,
-            forward: async (input: ForwardInput) => {
-              sizes.push((input.hidden?.length ?? 0) / HIDDEN);
-              return inner.forward(input);
-            },
-            truncate: (p: number) => inner.truncate(p),
-            close: () => inner.close(),
-          };
-        },
-      };
-    },
+    load: watchedLoad((_, rows) => {
+      sizes.push(rows);
+    }),
   });
   const as = (peer: string) => ({ peer, closed: () => undefined });
   const big = await s.open({ start: 2, end: 4, maxLength: 40, codec: "none" }, as("prefiller"));

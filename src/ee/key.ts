@@ -12,8 +12,19 @@ export class EeKeyError extends Error {
   override name = "EeKeyError";
 }
 
+/**
+ * Key versions. 1: σ, ν and μ are uniform permutations. 2 (what new keys are): they are
+ * block-structured (QUANT_BLOCK), so quantized weights and activations keep their blocks and L1
+ * on q8/q4 engines or Q8_0/Q4_0 files is as exact as the plaintext model at the same precision.
+ */
+export type EeKeyVersion = 1 | 2;
+export const EE_KEY_VERSION: EeKeyVersion = 2;
+
+/** The block along the input dimension that quantized weights and activations share a scale over (MatMulNBits, Q8_0, Q4_0). */
+export const QUANT_BLOCK = 32;
+
 export interface EeKey {
-  v: 1;
+  v: EeKeyVersion;
   /** checkpointHash (src/model/hash.ts) of the plaintext checkpoint. */
   baseModelHash: string;
   /** sha256 hex of the tokenizer vocabulary the vocabulary permutation applies to (vocabHash). */
@@ -104,6 +115,25 @@ export function derivePermutation(secret: Uint8Array, baseModelHash: string, lab
   return fisherYates(n, new KeyStream(labelSeed(secret, baseModelHash, label)));
 }
 
+/**
+ * A permutation of size n that moves whole blocks of `block` and permutes within each: new block j
+ * holds old block B[j]'s elements in the order w_j (B, then every w_j, Fisher–Yates on one stream).
+ * A quantization block of the input then maps onto one block with the same elements, so its
+ * scale and its rounded values are what they were. Sizes not divisible by `block` get a uniform
+ * permutation.
+ */
+export function deriveBlockPermutation(secret: Uint8Array, baseModelHash: string, label: string, n: number, block = QUANT_BLOCK): Permutation {
+  const stream = new KeyStream(labelSeed(secret, baseModelHash, label));
+  if (n % block !== 0 || n <= block) return fisherYates(n, stream);
+  const blocks = fisherYates(n / block, stream);
+  const map = new Uint32Array(n);
+  for (let j = 0; j < n / block; j++) {
+    const within = fisherYates(block, stream);
+    for (let i = 0; i < block; i++) map[j * block + i] = blocks.map[j]! * block + within.map[i]!;
+  }
+  return { map, inverse: invert(map) };
+}
+
 /** k_m ∈ {0,1,2,3} per rotary pair m: 2 bits each from the stream, 16 pairs per u32, low bits first. */
 export function derivePairRotations(secret: Uint8Array, baseModelHash: string, label: string, pairs: number): Uint8Array {
   const stream = new KeyStream(labelSeed(secret, baseModelHash, label));
@@ -154,6 +184,8 @@ export function deriveModelPermutations(key: EeKey, c: ModelConfig): ModelPermut
     throw new EeKeyError(`key is for a vocabulary of ${key.vocabSize} rows, the model has ${c.vocabSize}`);
   }
   const perm = (label: string, n: number) => derivePermutation(key.secret, key.baseModelHash, label, n);
+  // Permutations of dimensions that are some matmul's input (σ, ν, μ): block-structured from v2.
+  const inputPerm = (label: string, n: number) => (key.v >= 2 ? deriveBlockPermutation(key.secret, key.baseModelHash, label, n) : perm(label, n));
   const vocab = perm("vocab", c.vocabSize);
   const G = c.numHeads / c.numKvHeads;
   const l1 = key.level === "L1";
@@ -162,10 +194,10 @@ export function deriveModelPermutations(key: EeKey, c: ModelConfig): ModelPermut
   for (let l = 0; l < c.numLayers; l++) {
     const heads = (n: number, f: (h: number) => Permutation) => Array.from({ length: n }, (_, h) => f(h));
     layers.push({
-      ffn: l1 ? perm(`ffn/${l}`, c.intermediateSize) : identity(c.intermediateSize),
+      ffn: l1 ? inputPerm(`ffn/${l}`, c.intermediateSize) : identity(c.intermediateSize),
       kvHead: l1 ? perm(`kvhead/${l}`, c.numKvHeads) : identity(c.numKvHeads),
       queryGroup: heads(c.numKvHeads, (s) => (l1 ? perm(`qgroup/${l}/${s}`, G) : identity(G))),
-      v: heads(c.numKvHeads, (h) => (l1 ? perm(`v/${l}/${h}`, c.headDim) : identity(c.headDim))),
+      v: heads(c.numKvHeads, (h) => (l1 ? inputPerm(`v/${l}/${h}`, c.headDim) : identity(c.headDim))),
       qk: Array.from({ length: c.numKvHeads }, (_, h): QkMap => {
         if (!rotary) return { kind: "perm", perm: l1 ? perm(`qk/${l}/${h}`, c.headDim) : identity(c.headDim) };
         const k = l1 ? derivePairRotations(key.secret, key.baseModelHash, `qk/${l}/${h}`, c.headDim / 2) : new Uint8Array(c.headDim / 2);
@@ -173,7 +205,7 @@ export function deriveModelPermutations(key: EeKey, c: ModelConfig): ModelPermut
       }),
     });
   }
-  return { vocab, hidden: l1 ? perm("hidden", c.hiddenSize) : identity(c.hiddenSize), layers };
+  return { vocab, hidden: l1 ? inputPerm("hidden", c.hiddenSize) : identity(c.hiddenSize), layers };
 }
 
 /** deploymentId = sha256("tessera-ee-deploy" ‖ labelSeed("deploy-id")), hex; public. */
@@ -205,7 +237,7 @@ export function vocabHash(tokenizer: { vocabSize: number; tokenText(id: number):
 // Key files
 
 export function newKey(fields: Omit<EeKey, "v" | "secret">, secret: Uint8Array = randomBytes(SECRET_BYTES)): EeKey {
-  return { v: 1, ...fields, secret: new Uint8Array(secret) };
+  return { v: EE_KEY_VERSION, ...fields, secret: new Uint8Array(secret) };
 }
 
 /** Writes the key as JSON, readable by its owner only (mode 0600); refuses to overwrite. */
@@ -257,7 +289,7 @@ export async function readKeyFile(file: string): Promise<EeKey> {
 function checkKey(key: EeKey, file: string): void {
   const fail = (field: string, expected: string, found: unknown) =>
     new EeKeyError(`${file}: field '${field}' must be ${expected}, found ${JSON.stringify(found)}`);
-  if (key.v !== 1) throw fail("v", "1 (the only key version)", key.v);
+  if (key.v !== 1 && key.v !== 2) throw fail("v", "1 or 2 (the key versions)", key.v);
   for (const field of ["baseModelHash", "vocabHash"] as const) {
     if (typeof key[field] !== "string" || !/^[0-9a-f]{64}$/.test(key[field])) throw fail(field, "a sha256 in lowercase hex", key[field]);
   }
