@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { LocalPipeline } from "../src/engine/pipeline.js";
+import { SpanRunner } from "../src/engine/runtime.js";
 import type { WeightFormat } from "../src/engine/weights.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens } from "./support/fixtures.js";
@@ -20,6 +21,47 @@ async function logits(path: string, tokens: number[], opts: { splits?: number[];
 
 for (const preset of ARCHS) {
   describe(preset, () => {
+    test("cut at the edges (embedding alone, blocks alone, head alone) the model's logits are the same bits", async () => {
+      const checkpoint = await openCheckpoint(await hfModel(preset));
+      const L = checkpoint.config.numLayers;
+      const load = (start: number, end: number, embed: boolean, head: boolean) => SpanRunner.load(checkpoint, { start, end, embed, head }, { maxSequence: 64 });
+      const [whole, embedding, blocks, lmHead] = await Promise.all([
+        load(0, L, true, true),
+        load(0, 0, true, false),
+        load(0, L, false, false),
+        load(L, L, false, true),
+      ]);
+      try {
+        assert.equal(embedding.kvBytesPerToken, 0, "an edge holds no KV cache");
+        const tokens = sampleTokens(9, 512, 3);
+        const w = whole.openSession(32);
+        const [e, b, h] = [embedding.openSession(32), blocks.openSession(32), lmHead.openSession(32)];
+        // A prefill, then two decode steps (the edges keep positions, as GPT-2's learned ones need).
+        for (const part of [tokens.slice(0, 7), tokens.slice(7, 8), tokens.slice(8, 9)]) {
+          const want = (await w.forward({ tokens: part }, { allLogits: true })).logits!;
+          const hidden = (await e.forward({ tokens: part })).hidden!;
+          const got = (await h.forward((await b.forward({ hidden })) as { hidden: Float32Array }, { allLogits: true })).logits!;
+          assert.equal(got.length, part.length * 512);
+          assert.ok(
+            got.every((v, i) => Object.is(v, want[i])),
+            `max diff ${maxAbsDiff(got, want)}`,
+          );
+        }
+        assert.deepEqual([e.length, b.length, h.length], [9, 9, 9]);
+      } finally {
+        await Promise.all([whole, embedding, blocks, lmHead].map((r) => r.release()));
+      }
+      for (const [start, end, embed, head] of [
+        [0, 0, false, false],
+        [0, 0, true, true],
+        [1, 1, true, false],
+        [1, L, true, false],
+        [0, L - 1, false, true],
+      ] as const) {
+        await assert.rejects(load(start, end, embed, head), /invalid span/, `[${start}, ${end}) embed ${embed} head ${head}`);
+      }
+    });
+
     test("running spans [0,k) then [k,L) equals running [0,L)", async () => {
       const model = await hfModel(preset);
       const tokens = sampleTokens(12, 512);

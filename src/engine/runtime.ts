@@ -36,6 +36,18 @@ export async function servedCheckpoint(checkpoint: Checkpoint, options: Partial<
   };
 }
 
+/**
+ * Blocks [start, end) of L, the embedding only on a span from block 0 and the head only on one
+ * ending at L. A span of no blocks is an edge of the model: the embedding alone ([0, 0)) or the
+ * final norm and head alone ([L, L)), which a client runs itself in split inference; cutting
+ * there changes no bit of the output, as at any block boundary.
+ */
+export function validSpan(span: SpanSpec, L: number): boolean {
+  if (!(Number.isInteger(span.start) && Number.isInteger(span.end) && span.start >= 0 && span.end <= L)) return false;
+  if ((span.embed && span.start !== 0) || (span.head && span.end !== L)) return false;
+  return span.start < span.end || (span.start === span.end && span.embed !== span.head);
+}
+
 export class SpanRunner implements SpanRuntime {
   private constructor(
     readonly config: ModelConfig,
@@ -45,8 +57,10 @@ export class SpanRunner implements SpanRuntime {
 
   static async load(checkpoint: Checkpoint, span: SpanSpec, options: Partial<SpanModelOptions> = {}): Promise<SpanRunner> {
     const c = checkpoint.config;
-    if (!(span.start >= 0 && span.start < span.end && span.end <= c.numLayers)) {
-      throw new SessionError(`invalid span [${span.start}, ${span.end}) for a model of ${c.numLayers} blocks`);
+    if (!validSpan(span, c.numLayers)) {
+      throw new SessionError(
+        `invalid span [${span.start}, ${span.end})${span.embed ? " with the embedding" : ""}${span.head ? " with the head" : ""} for a model of ${c.numLayers} blocks`,
+      );
     }
     const model = await loadSpanModel(checkpoint, span, {
       format: options.format ?? "f32",
