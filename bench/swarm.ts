@@ -1,7 +1,8 @@
 // Swarm benchmark: per-token decode latency of the shipped model through 1–4 libp2p nodes on
 // loopback, client-relayed and chained (nodes push to the next node), against the in-process engine
 // in the same run, per codec; bytes per hop of a 512-token prefill; and greedy next-token agreement
-// of blockwise 8-bit hops with f32 hops over the held-out text.
+// of blockwise 8-bit hops with f32 hops over the held-out text; and what the engine thread that
+// `tessera node` runs costs per step, against the engine on the main thread.
 //   npm run bench -- swarm [--decode 128] [--rounds 8] [--agreement-tokens 2048]
 import "../src/swarm/node20.js";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -10,9 +11,11 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import type { LogitsSession } from "../src/engine/interface.js";
+import { threadedCheckpoint } from "../src/engine/engine-thread.js";
 import { LocalPipeline } from "../src/engine/pipeline.js";
 import { argmax } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
+import { checkpointHash } from "../src/model/hash.js";
 import { SHIPPED_MODEL } from "../src/model/shipped.js";
 import { loadTokenizer } from "../src/model/tokenizer.js";
 import { SwarmClient } from "../src/swarm/client.js";
@@ -90,6 +93,26 @@ export async function main(argv: string[]): Promise<void> {
     for (const client of clients) await client.close();
     for (const node of nodes) await node.stop();
   }
+  // The engine on a worker thread, as `tessera node` runs it, against the engine on the main
+  // thread: 2 nodes, client-relayed, in the same interleaved rounds (one engine thread serves
+  // both nodes here; each node process has its own).
+  const threadedModel = threadedCheckpoint(SHIPPED_MODEL.hf, c, await checkpointHash(checkpoint));
+  const mainNodes = await startSwarm(checkpoint, "bench-main", evenSpans(c.numLayers, 2));
+  const threadNodes = await startSwarm(checkpoint, "bench-thread", evenSpans(c.numLayers, 2), threadedModel);
+  const pair = await Promise.all([
+    SwarmClient.connect(mainNodes[0]!.addresses.slice(0, 1), c, { modelId: "bench-main" }),
+    SwarmClient.connect(threadNodes[0]!.addresses.slice(0, 1), c, { modelId: "bench-thread" }),
+  ]);
+  const pairSessions = await Promise.all(pair.map((client) => client.openSession(256, { chained: false })));
+  const [onMain, onThread] = await interleaved(pairSessions, prompt, steps, rounds);
+  const engineThreadCostMs = (onThread! - onMain!) / 2;
+  console.log(
+    `2 nodes, engine on the main thread ${onMain!.toFixed(2)} ms/token, on a worker thread ${onThread!.toFixed(2)}: ${engineThreadCostMs.toFixed(2)} ms per step per node`,
+  );
+  for (const client of pair) await client.close();
+  for (const node of [...mainNodes, ...threadNodes]) await node.stop();
+  await threadedModel.stop();
+
   // Each extra node adds one client↔node round trip and one serialization per token.
   const hopOverhead = (byNodes[4]! - baselineByNodes[4]!) / 4;
   const chainedHopOverhead = (chainedByNodes[4]! - baselineByNodes[4]!) / 4;
@@ -133,6 +156,7 @@ export async function main(argv: string[]): Promise<void> {
     chained_ms_per_token_by_nodes: chainedByNodes,
     ms_per_token_by_codec_2_nodes: byCodec,
     hop_overhead_ms: hopOverhead,
+    engine_thread: { main_thread_ms_per_token_2_nodes: onMain, worker_thread_ms_per_token_2_nodes: onThread, cost_ms_per_step_per_node: engineThreadCostMs },
     chained_hop_overhead_ms: chainedHopOverhead,
     bytes_per_hop_by_codec: { prefill_tokens: 512, ...bytesPerHop },
     blockwise8_size_ratio_vs_f32: bytesPerHop.none! / bytesPerHop.blockwise8!,
