@@ -347,12 +347,12 @@ async function runAttack(
     const attackMs = Date.now() - t0 - setupMs;
     // RSS at 5, 10 and 15 s after the attacker exited; "after" is the last (memory a closing
     // connection still holds is let go some seconds after the attacker left).
-    const rssSettling: (number | null)[] = [];
+    const rssSettling: (number | undefined)[] = [];
     for (let i = 0; i < 3; i++) {
       await sleep(5000);
-      rssSettling.push(round(rssMb(target.pid)));
+      rssSettling.push(rssMb(target.pid));
     }
-    const rssAfter = rssMb(target.pid);
+    const rssAfter = rssSettling.at(-1);
     sampler.stop();
     const targetAlive = alive(target);
     const after = targetAlive ? await honest.run(s.quick ? 2 : 4) : [];
@@ -369,7 +369,7 @@ async function runAttack(
       rss_before_mb: round(rssBefore),
       rss_peak_mb: round(peak),
       rss_after_mb: round(rssAfter),
-      rss_after_5s_10s_15s_mb: rssSettling,
+      rss_after_5s_10s_15s_mb: rssSettling.map((mb) => round(mb)),
       budget_mb: round(budgetMb),
       honest: {
         before: b,

@@ -73,13 +73,20 @@ export async function main(argv: string[]): Promise<void> {
   const baselineByNodes: Record<string, number> = {};
   const chainedByNodes: Record<string, number> = {};
   const byCodec: Record<string, number> = {};
+  // With 2 nodes, the same spans also on the engine on a worker thread, as `tessera node` runs it
+  // (one engine thread serves both nodes here; each node process has its own), in the same rounds.
+  const threadedModel = threadedCheckpoint(SHIPPED_MODEL.hf, c, await checkpointHash(checkpoint));
+  let onMain = NaN;
+  let onThread = NaN;
   for (const n of [1, 2, 3, 4]) {
     const nodes = await startSwarm(checkpoint, "bench", evenSpans(c.numLayers, n));
+    const threadNodes = n === 2 ? await startSwarm(checkpoint, "bench-thread", evenSpans(c.numLayers, n), threadedModel) : [];
     const runs: { codec: Codec; chained: boolean }[] = [{ codec: "none", chained: false }];
     if (n > 1) runs.push({ codec: "none", chained: true });
     if (n === 2) runs.push({ codec: "f16", chained: false }, { codec: "blockwise8", chained: false });
     const clients = await Promise.all(runs.map(({ codec }) => SwarmClient.connect(nodes[0]!.addresses.slice(0, 1), c, { modelId: "bench", codec })));
-    const sessions = await Promise.all(runs.map(({ chained }, i) => clients[i]!.openSession(256, { chained })));
+    if (threadNodes.length) clients.push(await SwarmClient.connect(threadNodes[0]!.addresses.slice(0, 1), c, { modelId: "bench-thread" }));
+    const sessions = await Promise.all(clients.map((client, i) => client.openSession(256, { chained: runs[i]?.chained ?? false })));
     // The in-process engine runs in the same rounds, so each row has its own baseline.
     const [base, ...ms] = await interleaved([localSession, ...sessions], prompt, steps, rounds);
     for (const [i, { codec, chained }] of runs.entries()) {
@@ -89,29 +96,16 @@ export async function main(argv: string[]): Promise<void> {
         `${n} node${n > 1 ? "s" : ""}, ${codec}, ${chained ? "chained" : "client-relayed"}: ${ms[i]!.toFixed(2)} ms/token (in-process ${base!.toFixed(2)})`,
       );
     }
+    if (threadNodes.length) {
+      [onMain, onThread] = [byNodes[2]!, ms[runs.length]!];
+      console.log(`2 nodes, engine on a worker thread: ${onThread.toFixed(2)} ms/token, ${((onThread - onMain) / 2).toFixed(2)} ms per step per node more`);
+    }
     baselineByNodes[n] = base!;
     for (const client of clients) await client.close();
-    for (const node of nodes) await node.stop();
+    for (const node of [...nodes, ...threadNodes]) await node.stop();
   }
-  // The engine on a worker thread, as `tessera node` runs it, against the engine on the main
-  // thread: 2 nodes, client-relayed, in the same interleaved rounds (one engine thread serves
-  // both nodes here; each node process has its own).
-  const threadedModel = threadedCheckpoint(SHIPPED_MODEL.hf, c, await checkpointHash(checkpoint));
-  const mainNodes = await startSwarm(checkpoint, "bench-main", evenSpans(c.numLayers, 2));
-  const threadNodes = await startSwarm(checkpoint, "bench-thread", evenSpans(c.numLayers, 2), threadedModel);
-  const pair = await Promise.all([
-    SwarmClient.connect(mainNodes[0]!.addresses.slice(0, 1), c, { modelId: "bench-main" }),
-    SwarmClient.connect(threadNodes[0]!.addresses.slice(0, 1), c, { modelId: "bench-thread" }),
-  ]);
-  const pairSessions = await Promise.all(pair.map((client) => client.openSession(256, { chained: false })));
-  const [onMain, onThread] = await interleaved(pairSessions, prompt, steps, rounds);
-  const engineThreadCostMs = (onThread! - onMain!) / 2;
-  console.log(
-    `2 nodes, engine on the main thread ${onMain!.toFixed(2)} ms/token, on a worker thread ${onThread!.toFixed(2)}: ${engineThreadCostMs.toFixed(2)} ms per step per node`,
-  );
-  for (const client of pair) await client.close();
-  for (const node of [...mainNodes, ...threadNodes]) await node.stop();
   await threadedModel.stop();
+  const engineThreadCostMs = (onThread - onMain) / 2;
 
   // Each extra node adds one client↔node round trip and one serialization per token.
   const hopOverhead = (byNodes[4]! - baselineByNodes[4]!) / 4;

@@ -6,7 +6,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { fullCollection } from "../gc.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { errorMessage } from "../log.js";
-import { SessionError, type SpanRuntime, type SpanSession } from "./interface.js";
+import { servedSpan, SessionError, type SpanRuntime, type SpanSession } from "./interface.js";
 import { SpanRunner } from "./runtime.js";
 import type { EngineReply, EngineRequest, EngineThreadData } from "./engine-thread.js";
 
@@ -30,8 +30,7 @@ async function handle(req: EngineRequest): Promise<void> {
   switch (req.op) {
     case "load": {
       const c = await checkpoint;
-      const L = c.config.numLayers;
-      const span = { start: req.start, end: req.end, embed: req.start === 0, head: req.end === L };
+      const span = servedSpan(req.start, req.end, c.config.numLayers);
       const rt = await SpanRunner.load(c, span, data.options);
       runtimes.set(req.id, rt);
       return reply({ id: req.id, ok: true, load: { span, maxSequence: rt.maxSequence, kvBytesPerToken: rt.kvBytesPerToken } });

@@ -9,6 +9,8 @@ import { Worker } from "node:worker_threads";
 import { errorMessage, logger } from "../log.js";
 import type { ModelConfig } from "../model/types.js";
 import {
+  checkRollback,
+  checkSessionLength,
   type ForwardInput,
   type ForwardOptions,
   type ForwardOutput,
@@ -137,9 +139,7 @@ class ThreadRuntime implements SpanRuntime {
   }
 
   openSession(maxLength: number): SpanSession {
-    if (!(maxLength > 0 && maxLength <= this.maxSequence)) {
-      throw new SessionError(`session length ${maxLength} outside 1..${this.maxSequence}`);
-    }
+    checkSessionLength(maxLength, this.maxSequence);
     return new ThreadSession(this.thread, this.id, maxLength);
   }
 
@@ -187,9 +187,7 @@ class ThreadSession implements SpanSession {
   }
 
   truncate(position: number): void {
-    if (!(Number.isInteger(position) && position >= 0 && position <= this._length)) {
-      throw new SessionError(`cannot roll back to position ${position}: the session holds ${this._length} tokens`);
-    }
+    checkRollback(position, this._length);
     this._length = position;
     this.thread.tell({ op: "truncate", session: this.id, position }, `truncating session ${this.id}`);
   }

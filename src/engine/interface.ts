@@ -44,6 +44,23 @@ export class SessionError extends Error {
   override name = "SessionError";
 }
 
+/** The span of blocks [start, end) of a model of L blocks as a server loads it: the embedding on the first span, the head on the last. */
+export function servedSpan(start: number, end: number, L: number): SpanSpec {
+  return { start, end, embed: start === 0, head: end === L };
+}
+
+/** Refuses a session length a runtime cannot hold (what every `openSession` checks). */
+export function checkSessionLength(maxLength: number, maxSequence: number): void {
+  if (!(maxLength > 0 && maxLength <= maxSequence)) throw new SessionError(`session length ${maxLength} outside 1..${maxSequence}`);
+}
+
+/** Refuses a rollback to a position the session does not hold (what every `truncate` checks). */
+export function checkRollback(position: number, length: number): void {
+  if (!(Number.isInteger(position) && position >= 0 && position <= length)) {
+    throw new SessionError(`cannot roll back to position ${position}: the session holds ${length} tokens`);
+  }
+}
+
 /** One sequence's KV cache on a span. */
 export interface SpanSession {
   /** Tokens held in the cache. */

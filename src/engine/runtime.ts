@@ -8,6 +8,8 @@ import type { Checkpoint } from "../model/checkpoint.js";
 import { checkpointHash } from "../model/hash.js";
 import type { ModelConfig } from "../model/types.js";
 import {
+  checkRollback,
+  checkSessionLength,
   type ForwardInput,
   type ForwardOptions,
   type ForwardOutput,
@@ -16,6 +18,7 @@ import {
   type SpanRuntime,
   type SpanSession,
   type SpanSpec,
+  servedSpan,
 } from "./interface.js";
 import { IO } from "./graph-common.js";
 import { loadSpanModel, type SpanModel, type SpanModelOptions } from "./span-model.js";
@@ -32,7 +35,7 @@ export async function servedCheckpoint(checkpoint: Checkpoint, options: Partial<
   return {
     config: checkpoint.config,
     checkpointHash: await checkpointHash(checkpoint),
-    load: (start, end) => SpanRunner.load(checkpoint, { start, end, embed: start === 0, head: end === L }, options),
+    load: (start, end) => SpanRunner.load(checkpoint, servedSpan(start, end, L), options),
   };
 }
 
@@ -83,9 +86,7 @@ export class SpanRunner implements SpanRuntime {
   }
 
   openSession(maxLength: number): KvSession {
-    if (!(maxLength > 0 && maxLength <= this.maxSequence)) {
-      throw new SessionError(`session length ${maxLength} outside 1..${this.maxSequence}`);
-    }
+    checkSessionLength(maxLength, this.maxSequence);
     return new KvSession(this, maxLength);
   }
 
@@ -139,9 +140,7 @@ export class KvSession implements SpanSession {
 
   /** Forgets everything from `position` on (rollback); later steps overwrite those slots. */
   truncate(position: number): void {
-    if (!(Number.isInteger(position) && position >= 0 && position <= this._length)) {
-      throw new SessionError(`cannot roll back to position ${position}: the session holds ${this._length} tokens`);
-    }
+    checkRollback(position, this._length);
     this._length = position;
   }
 

@@ -9,7 +9,7 @@
 // The decision is a pure function of the state, the RSS, the clock and the options, so it can be
 // tested and simulated; `watchMemory` drives it with process.memoryUsage.rss() and a timer.
 import { fullCollection } from "../gc.js";
-import { errorMessage, logger } from "../log.js";
+import { logger } from "../log.js";
 
 const log = logger("swarm:memory");
 

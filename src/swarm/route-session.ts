@@ -580,11 +580,7 @@ export class RouteSession implements LogitsSession {
   private async replace(index: number, error: Error, opts: { caught?: boolean } = {}): Promise<void> {
     const failed = this.hopAt(index);
     const { peerId, start, end } = failed.hop;
-    const banMs = this.bans.ban(peerId, this.now());
-    if (!opts.caught && !this.failed.has(peerId)) {
-      this.failed.add(peerId);
-      this.opts.trust?.record(peerId, /no answer within|timeout/i.test(error.message) ? "timeout" : "error", error.message);
-    }
+    const banMs = this.markFailed(peerId, error, !opts.caught);
     log("%s failed on blocks [%d, %d), banned for %d s: %s", describe(failed), start, end, banMs / 1000, error.message);
     this.closeSpan(failed, "failed");
     const maxRetries = this.opts.maxRetries ?? MAX_FAILOVERS;
@@ -611,17 +607,26 @@ export class RouteSession implements LogitsSession {
         );
         throw broken.error;
       }
-      const ms = this.bans.ban(broken.live.hop.peerId, this.now());
-      if (!this.failed.has(broken.live.hop.peerId)) {
-        this.failed.add(broken.live.hop.peerId);
-        this.opts.trust?.record(broken.live.hop.peerId, "error", errorMessage(broken.error));
-      }
+      const ms = this.markFailed(broken.live.hop.peerId, broken.error);
       log("%s failed replaying blocks [%d, %d), banned for %d s: %s", describe(broken.live), start, end, ms / 1000, errorMessage(broken.error));
     }
     this.hops.splice(index, 1, ...replacement);
     await this.relink();
     log("blocks [%d, %d) re-routed from %s to %s", start, end, peerId, replacement.map((h) => `${h.hop.peerId} [${h.hop.start}, ${h.hop.end})`).join(", "));
     this.opts.onFailover?.({ peerId, blocks: [start, end], error, replacement: replacement.map((h) => h.hop) });
+  }
+
+  /**
+   * Bans a peer that failed this session, and records the failure once in the trust hooks (a
+   * timeout or an error; not with `record` false: a caught cheat is recorded as such). The ban's length, ms.
+   */
+  private markFailed(peerId: string, error: Error, record = true): number {
+    const ms = this.bans.ban(peerId, this.now());
+    if (record && !this.failed.has(peerId)) {
+      this.failed.add(peerId);
+      this.opts.trust?.record(peerId, /no answer within|timeout/i.test(error.message) ? "timeout" : "error", error.message);
+    }
+    return ms;
   }
 
   /**

@@ -50,7 +50,7 @@ export class FairScheduler {
     if (at !== undefined) {
       this.seen.delete(peer); // kept in order of last use, so the oldest are dropped first
       this.seen.set(peer, at);
-      if (this.seen.size > 1024) for (const [p] of this.seen) if (this.seen.size > 1024) this.seen.delete(p);
+      if (this.seen.size > 1024) this.seen.delete(this.seen.keys().next().value!);
     }
     await new Promise<void>((start) => {
       this.waiting.push({ peer, cost: Math.max(1, cost), start });

@@ -56,7 +56,7 @@ export const PEER_CACHE_SHARE = 0.25;
 export const PREFILL_CHUNK = 32;
 /**
  * While another peer has used the engine in the last CONTENTION_WINDOW_MS, a long step runs in
- * chunks of at most this many tokens: a decoder's step then waits for a chunk of ~8 tokens, not 32
+ * chunks of at most this many tokens: a decoder's step then waits for a chunk of 16 tokens, not 32
  * (chunked prefill trades a little of the prefill's throughput for the decoders' latency).
  */
 export const CONTENDED_CHUNK = 16;
@@ -504,7 +504,8 @@ export class SpanServer {
     const chunk = Math.max(1, this.opts.prefillChunk ?? PREFILL_CHUNK);
     const contendedChunk = Math.max(1, Math.min(chunk, this.opts.contendedChunk ?? CONTENDED_CHUNK));
     const size = () => (this.scheduler.contended(peer, this.now(), CONTENTION_WINDOW_MS) ? contendedChunk : chunk);
-    let n = Math.min(size(), count);
+    // A step no longer than a contended chunk runs whole either way (every decode step).
+    let n = count <= contendedChunk ? count : Math.min(size(), count);
     if (n === count) return this.scheduler.run(peer, count, () => session.engine.forward(input, { allLogits }), this.now());
     const hiddenSize = this.opts.hiddenSize;
     const parts: ForwardOutput[] = [];
