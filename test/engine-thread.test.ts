@@ -55,6 +55,19 @@ test("spans on the engine thread give the in-process engine's numbers; refusals,
     assert.throws(() => b0.openSession(129), SessionError);
     await assert.rejects(threaded.load(0, L + 1), (e: unknown) => e instanceof SessionError && /invalid span/.test(e.message));
 
+    // Split sessions (hidden states in at block 0, out at block L) cross the thread too.
+    const hidden = (await got.s0.forward({ tokens: [2] })).hidden!;
+    const split = async (first: typeof a0, last: typeof a1) => {
+      const [x0, x1] = [first.openSession(8, { split: true }), last.openSession(8, { split: true })];
+      const out = await x1.forward((await x0.forward({ hidden: hidden.slice() })) as { hidden: Float32Array });
+      await assert.rejects(x0.forward({ tokens: [1] }), SessionError);
+      return out;
+    };
+    const [inProcess, onThread] = [await split(a0, a1), await split(b0, b1)];
+    assert.equal(onThread.logits, undefined);
+    assert.equal(onThread.hidden?.length, checkpoint.config.hiddenSize);
+    assert.equal(maxAbsDiff(onThread.hidden!, inProcess.hidden!), 0, "split hidden states");
+
     got.s1.close();
     await assert.rejects(got.s1.forward({ hidden: new Float32Array(checkpoint.config.hiddenSize) }), /closed/);
     await b1.release();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { LocalPipeline } from "../src/engine/pipeline.js";
-import { SpanRunner } from "../src/engine/runtime.js";
+import { ServedSpan, SpanRunner } from "../src/engine/runtime.js";
 import type { WeightFormat } from "../src/engine/weights.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { ggufModel, hfModel, maxAbsDiff, sampleTokens } from "./support/fixtures.js";
@@ -59,6 +59,57 @@ for (const preset of ARCHS) {
         [0, L - 1, false, true],
       ] as const) {
         await assert.rejects(load(start, end, embed, head), /invalid span/, `[${start}, ${end}) embed ${embed} head ${head}`);
+      }
+    });
+
+    test("a served span's plain sessions give the whole model's bits; its split sessions run the blocks only, hidden states in and out", async () => {
+      const checkpoint = await openCheckpoint(await hfModel(preset));
+      const L = checkpoint.config.numLayers;
+      const opts = { maxSequence: 64 };
+      const [whole, first, last, embedding, lmHead] = await Promise.all([
+        SpanRunner.load(checkpoint, { start: 0, end: L, embed: true, head: true }, opts),
+        ServedSpan.load(checkpoint, 0, 1, opts),
+        ServedSpan.load(checkpoint, 1, L, opts),
+        ServedSpan.load(checkpoint, 0, 0, opts),
+        ServedSpan.load(checkpoint, L, L, opts),
+      ]);
+      try {
+        assert.deepEqual(
+          [first.span, last.span],
+          [
+            { start: 0, end: 1, embed: true, head: false },
+            { start: 1, end: L, embed: false, head: true },
+          ],
+        );
+        assert.equal(embedding.kvBytesPerToken, 0);
+        const tokens = sampleTokens(9, 512, 5);
+        const w = whole.openSession(32);
+        const [p1, p2] = [first.openSession(32), last.openSession(32)];
+        const [s1, s2] = [first.openSession(32, { split: true }), last.openSession(32, { split: true })];
+        const [e, h] = [embedding.openSession(32), lmHead.openSession(32)];
+        const same = (got: Float32Array, want: Float32Array) =>
+          assert.ok(got.length === want.length && got.every((v, i) => Object.is(v, want[i])), `max diff ${maxAbsDiff(got, want)}`);
+        for (const part of [tokens.slice(0, 7), tokens.slice(7, 8), tokens.slice(8, 9)]) {
+          const want = (await w.forward({ tokens: part }, { allLogits: true })).logits!;
+          // Plain: token ids in at block 0, logits out at block L.
+          same((await p2.forward((await p1.forward({ tokens: part })) as { hidden: Float32Array }, { allLogits: true })).logits!, want);
+          // Split: the client embeds, the spans run blocks on hidden states, the client runs the head.
+          const hidden = (await e.forward({ tokens: part })).hidden!;
+          const out = await s2.forward((await s1.forward({ hidden })) as { hidden: Float32Array });
+          assert.equal(out.logits, undefined, "a split session returns no logits");
+          same((await h.forward(out as { hidden: Float32Array }, { allLogits: true })).logits!, want);
+        }
+        assert.deepEqual([p1.length, p2.length, s1.length, s2.length], [9, 9, 9, 9]);
+        // A rollback and a failed step keep a plain session's parts at one length.
+        p1.truncate(7);
+        await assert.rejects(p1.forward({ tokens: [600] }), /outside the vocabulary/);
+        assert.equal(p1.length, 7);
+        await assert.rejects(s1.forward({ tokens: [1] }), /hidden states/, "a split session takes no token ids");
+        assert.throws(() => embedding.openSession(32, { split: true }), /holds none/);
+        assert.throws(() => lmHead.openSession(32, { split: true }), /holds none/);
+        await assert.rejects(ServedSpan.load(checkpoint, 1, 0, opts), /invalid span/);
+      } finally {
+        await Promise.all([whole, first, last, embedding, lmHead].map((r) => r.release()));
       }
     });
 

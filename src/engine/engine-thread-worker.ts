@@ -6,8 +6,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import { fullCollection } from "../gc.js";
 import { openCheckpoint } from "../model/checkpoint.js";
 import { errorMessage } from "../log.js";
-import { servedSpan, SessionError, type SpanRuntime, type SpanSession } from "./interface.js";
-import { SpanRunner } from "./runtime.js";
+import { SessionError, type SpanRuntime, type SpanSession } from "./interface.js";
+import { ServedSpan } from "./runtime.js";
 import type { EngineReply, EngineRequest, EngineThreadData } from "./engine-thread.js";
 
 const data = workerData as EngineThreadData;
@@ -30,15 +30,14 @@ async function handle(req: EngineRequest): Promise<void> {
   switch (req.op) {
     case "load": {
       const c = await checkpoint;
-      const span = servedSpan(req.start, req.end, c.config.numLayers);
-      const rt = await SpanRunner.load(c, span, data.options);
+      const rt = await ServedSpan.load(c, req.start, req.end, data.options);
       runtimes.set(req.id, rt);
-      return reply({ id: req.id, ok: true, load: { span, maxSequence: rt.maxSequence, kvBytesPerToken: rt.kvBytesPerToken } });
+      return reply({ id: req.id, ok: true, load: { span: rt.span, maxSequence: rt.maxSequence, kvBytesPerToken: rt.kvBytesPerToken } });
     }
     case "open": {
       const rt = runtimes.get(req.runtime);
       if (!rt) throw new SessionError(`no span runtime ${req.runtime} on the engine thread`);
-      sessions.set(req.session, rt.openSession(req.maxLength));
+      sessions.set(req.session, rt.openSession(req.maxLength, { split: req.split }));
       return reply({ id: req.id, ok: true });
     }
     case "forward": {

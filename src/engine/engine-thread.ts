@@ -16,6 +16,7 @@ import {
   type ForwardOutput,
   SessionError,
   type ServedModel,
+  type SessionOptions,
   type SpanRuntime,
   type SpanSession,
   type SpanSpec,
@@ -32,7 +33,7 @@ export interface EngineThreadData {
 
 type Request =
   | { op: "load"; start: number; end: number }
-  | { op: "open"; runtime: number; session: number; maxLength: number }
+  | { op: "open"; runtime: number; session: number; maxLength: number; split?: boolean }
   | { op: "forward"; session: number; tokens?: number[]; hidden?: Float32Array; allLogits: boolean }
   | { op: "truncate"; session: number; position: number }
   | { op: "close"; session: number }
@@ -138,9 +139,12 @@ class ThreadRuntime implements SpanRuntime {
     return this.info.kvBytesPerToken;
   }
 
-  openSession(maxLength: number): SpanSession {
+  openSession(maxLength: number, opts: SessionOptions = {}): SpanSession {
     checkSessionLength(maxLength, this.maxSequence);
-    return new ThreadSession(this.thread, this.id, maxLength);
+    if (opts.split && this.span.start === this.span.end) {
+      throw new SessionError(`a split session runs blocks, and span [${this.span.start}, ${this.span.end}) holds none`);
+    }
+    return new ThreadSession(this.thread, this.id, maxLength, Boolean(opts.split));
   }
 
   async release(): Promise<void> {
@@ -161,10 +165,11 @@ class ThreadSession implements SpanSession {
     private readonly thread: EngineThread,
     runtime: number,
     readonly maxLength: number,
+    split: boolean,
   ) {
     // Requests are handled in order, so a step sent before this reply still finds its session;
     // a failed open shows in that step's reply.
-    this.opened = thread.request({ op: "open", runtime, session: this.id, maxLength }).catch((e: unknown) => e);
+    this.opened = thread.request({ op: "open", runtime, session: this.id, maxLength, split }).catch((e: unknown) => e);
   }
 
   get length(): number {

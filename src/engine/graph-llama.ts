@@ -6,6 +6,8 @@ import { rotaryCaches } from "./rope.js";
 
 export async function llamaBlocks(ctx: BlockContext, hidden: string): Promise<BlockOutput> {
   const { g, w, c, span } = ctx;
+  // An edge (no blocks) has no use for the rotary tables: left out, not left for ORT to remove.
+  if (span.start === span.end) return { delta: hidden, residual: zerosLike(ctx, hidden) };
   const caches = rotaryCaches(c, ctx.maxSequence);
   const half = c.headDim / 2;
   const rotary = {

@@ -72,6 +72,16 @@ export interface SpanSession {
   close(): void;
 }
 
+/** How a session uses its span. */
+export interface SessionOptions {
+  /**
+   * Split inference: the client keeps the model's edges (embedding, final norm and head), so the
+   * session runs the span's blocks only, hidden states in and hidden states out, even on a span
+   * that holds the embedding or the head. Refused on a span of no blocks.
+   */
+  split?: boolean;
+}
+
 /** A loaded span of blocks. */
 export interface SpanRuntime {
   readonly span: SpanSpec;
@@ -79,7 +89,7 @@ export interface SpanRuntime {
   readonly maxSequence: number;
   /** Bytes of KV cache one token takes in this span. */
   readonly kvBytesPerToken: number;
-  openSession(maxLength: number): SpanSession;
+  openSession(maxLength: number, opts?: SessionOptions): SpanSession;
   release(): Promise<void>;
 }
 

@@ -3,8 +3,8 @@
 import type { Checkpoint } from "../model/checkpoint.js";
 import { spanTensorNames } from "../model/config.js";
 import type { ModelConfig } from "../model/types.js";
-import { forwardThrough, type LogitsSession, SessionError, type SpanSession } from "./interface.js";
-import { SpanRunner } from "./runtime.js";
+import { type LogitsSession, SessionError, type SpanSession } from "./interface.js";
+import { ComposedSession, SpanRunner } from "./runtime.js";
 import type { SpanModelOptions } from "./span-model.js";
 
 export interface PipelineOptions extends Partial<SpanModelOptions> {
@@ -50,31 +50,29 @@ export class LocalPipeline {
 }
 
 class ChainedSession implements LogitsSession {
-  constructor(
-    private readonly spans: SpanSession[],
-    readonly maxLength: number,
-  ) {}
+  private readonly chain: ComposedSession;
+
+  constructor(spans: SpanSession[], maxLength: number) {
+    this.chain = new ComposedSession(spans, maxLength);
+  }
 
   get length(): number {
-    return this.spans[0]!.length;
+    return this.chain.length;
+  }
+
+  get maxLength(): number {
+    return this.chain.maxLength;
   }
 
   async append(tokens: readonly number[], opts: { allLogits?: boolean } = {}): Promise<Float32Array> {
-    const before = this.length;
-    try {
-      return (await forwardThrough(this.spans, { tokens }, opts)).logits!;
-    } catch (e) {
-      // Keep every span at the same length, so the session stays usable after a failed step.
-      for (const s of this.spans) if (s.length > before) s.truncate(before);
-      throw e;
-    }
+    return (await this.chain.forward({ tokens }, opts)).logits!;
   }
 
   truncate(position: number): void {
-    for (const s of this.spans) s.truncate(position);
+    this.chain.truncate(position);
   }
 
   close(): void {
-    for (const s of this.spans) s.close();
+    this.chain.close();
   }
 }

@@ -13,8 +13,10 @@ import {
   type ForwardInput,
   type ForwardOptions,
   type ForwardOutput,
+  forwardThrough,
   SessionError,
   type ServedModel,
+  type SessionOptions,
   type SpanRuntime,
   type SpanSession,
   type SpanSpec,
@@ -28,15 +30,103 @@ const MIN_CAPACITY = 64;
 
 /**
  * A checkpoint served by this engine: spans [start, end) load as ORT span models (built once and
- * cached on disk), with the embedding on the span from block 0 and the head on the last one.
+ * cached on disk), with the embedding on the span from block 0 and the head on the last one
+ * (`ServedSpan`, so the same weights also serve split sessions).
  */
 export async function servedCheckpoint(checkpoint: Checkpoint, options: Partial<SpanModelOptions> = {}): Promise<ServedModel> {
-  const L = checkpoint.config.numLayers;
   return {
     config: checkpoint.config,
     checkpointHash: await checkpointHash(checkpoint),
-    load: (start, end) => SpanRunner.load(checkpoint, servedSpan(start, end, L), options),
+    load: (start, end) => ServedSpan.load(checkpoint, start, end, options),
   };
+}
+
+/**
+ * A span as a server holds it: its edges (the embedding on a span from block 0, the final norm and
+ * head on one ending at L) and its blocks, each loaded as its own ORT model, so one copy of every
+ * weight serves both kinds of session. A plain session runs edge, blocks, edge in turn (the same
+ * bits as one model of the whole span: cutting at an edge changes nothing, as at a block
+ * boundary); a split session runs the blocks only, on hidden states from the client, and returns
+ * hidden states to it. The cost of the cut: one more ORT run per step at each edge the span holds.
+ */
+export class ServedSpan implements SpanRuntime {
+  private constructor(
+    readonly span: SpanSpec,
+    private readonly parts: SpanRunner[],
+    private readonly blocks: SpanRunner | undefined,
+  ) {}
+
+  static async load(checkpoint: Checkpoint, start: number, end: number, options: Partial<SpanModelOptions> = {}): Promise<ServedSpan> {
+    const L = checkpoint.config.numLayers;
+    const span = servedSpan(start, end, L);
+    if (!validSpan(span, L)) throw new SessionError(`invalid span [${start}, ${end}) for a model of ${L} blocks`);
+    const parts: SpanRunner[] = [];
+    let blocks: SpanRunner | undefined;
+    try {
+      if (span.embed && start < end) parts.push(await SpanRunner.load(checkpoint, { start: 0, end: 0, embed: true, head: false }, options));
+      if (start < end) parts.push((blocks = await SpanRunner.load(checkpoint, { start, end, embed: false, head: false }, options)));
+      else parts.push(await SpanRunner.load(checkpoint, span, options));
+      if (span.head && start < end) parts.push(await SpanRunner.load(checkpoint, { start: L, end: L, embed: false, head: true }, options));
+    } catch (e) {
+      await Promise.all(parts.map((p) => p.release()));
+      throw e;
+    }
+    return new ServedSpan(span, parts, blocks);
+  }
+
+  get maxSequence(): number {
+    return Math.min(...this.parts.map((p) => p.maxSequence));
+  }
+
+  get kvBytesPerToken(): number {
+    return this.blocks?.kvBytesPerToken ?? 0;
+  }
+
+  openSession(maxLength: number, opts: SessionOptions = {}): SpanSession {
+    checkSessionLength(maxLength, this.maxSequence);
+    if (opts.split) {
+      if (!this.blocks) throw new SessionError(`a split session runs blocks, and span [${this.span.start}, ${this.span.end}) holds none`);
+      return this.blocks.openSession(maxLength);
+    }
+    const sessions = this.parts.map((p) => p.openSession(maxLength));
+    return sessions.length === 1 ? sessions[0]! : new ComposedSession(sessions, maxLength);
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(this.parts.map((p) => p.release()));
+  }
+}
+
+/** Consecutive spans' sessions run one after another as one session; every part keeps the same length. */
+export class ComposedSession implements SpanSession {
+  constructor(
+    private readonly parts: SpanSession[],
+    readonly maxLength: number,
+  ) {}
+
+  get length(): number {
+    return this.parts[0]!.length;
+  }
+
+  async forward(input: ForwardInput, opts: ForwardOptions = {}): Promise<ForwardOutput> {
+    const before = this.length;
+    try {
+      return await forwardThrough(this.parts, input, opts);
+    } catch (e) {
+      // A part that ran before the failing one rolls back, so the session stays usable.
+      for (const s of this.parts) if (s.length > before) s.truncate(before);
+      throw e;
+    }
+  }
+
+  truncate(position: number): void {
+    checkRollback(position, this.length);
+    for (const s of this.parts) s.truncate(position);
+  }
+
+  close(): void {
+    for (const s of this.parts) s.close();
+  }
 }
 
 /**

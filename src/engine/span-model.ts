@@ -10,7 +10,7 @@ import { buildSpanGraph, type SpanSpec } from "./span-graph.js";
 import type { WeightFormat } from "./weights.js";
 
 /** Bumped whenever the graph layout changes, so stale cached models are not reused. */
-const GRAPH_VERSION = 2;
+const GRAPH_VERSION = 3;
 
 export interface SpanModelOptions {
   format: WeightFormat;

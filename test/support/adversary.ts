@@ -11,11 +11,12 @@ import {
   type ForwardOutput,
   type ServedModel,
   SessionError,
+  type SessionOptions,
   type SpanRuntime,
   type SpanSession,
   type SpanSpec,
 } from "../../src/engine/interface.js";
-import { SpanRunner } from "../../src/engine/runtime.js";
+import { ServedSpan } from "../../src/engine/runtime.js";
 import { defaultCacheDir, type SpanModelOptions } from "../../src/engine/span-model.js";
 import type { Checkpoint } from "../../src/model/checkpoint.js";
 import { CheckpointError, type ModelConfig } from "../../src/model/types.js";
@@ -143,15 +144,14 @@ async function loadFor(honest: ServedModel, mode: AdversaryMode, seed: number, o
   if (mode !== "perturbed" && mode !== "skip-block" && mode !== "q4") return honest.load(start, end);
   const checkpoint = opts.checkpoint;
   if (!checkpoint) throw new Error(`adversary mode ${mode} needs the checkpoint (opts.checkpoint)`);
-  const span: SpanSpec = { start, end, embed: start === 0, head: end === honest.config.numLayers };
   const engine = opts.engine ?? {};
   const cacheRoot = join(engine.cacheDir ?? defaultCacheDir(), "adversary");
-  if (mode === "q4") return SpanRunner.load(checkpoint, span, { ...engine, format: "q4", cacheDir: join(cacheRoot, "q4") });
+  if (mode === "q4") return ServedSpan.load(checkpoint, start, end, { ...engine, format: "q4", cacheDir: join(cacheRoot, "q4") });
   const block = opts.block !== undefined && opts.block >= start && opts.block < end ? opts.block : start;
   const scale = opts.perturbScale ?? 0.01;
   const tampered = mode === "perturbed" ? perturbedBlock(checkpoint, block, scale, seed) : skippedBlock(checkpoint, block);
   const variant = mode === "perturbed" ? `perturbed-b${block}-x${scale}-s${seed}` : `skip-b${block}`;
-  return SpanRunner.load(tampered, span, { ...engine, cacheDir: join(cacheRoot, variant) });
+  return ServedSpan.load(tampered, start, end, { ...engine, cacheDir: join(cacheRoot, variant) });
 }
 
 /** A checkpoint whose `block` matrices read as w·(1 + scale·N(0,1)), elementwise, seeded per tensor. */
@@ -244,8 +244,8 @@ class AdversarialRuntime implements SpanRuntime {
     return this.inner.kvBytesPerToken;
   }
 
-  openSession(maxLength: number): SpanSession {
-    const inner = this.inner.openSession(maxLength);
+  openSession(maxLength: number, opts?: SessionOptions): SpanSession {
+    const inner = this.inner.openSession(maxLength, opts);
     const { shared } = this;
     if (shared.isOwn()) return inner;
     const local = this.opened++;
