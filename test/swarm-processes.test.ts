@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { promisify } from "node:util";
 import { LocalPipeline } from "../src/engine/pipeline.js";
+import { ServedSpan, SpanRunner } from "../src/engine/runtime.js";
 import { argmax } from "../src/engine/sampling.js";
 import { openCheckpoint } from "../src/model/checkpoint.js";
 import { SwarmClient } from "../src/swarm/client.js";
@@ -120,3 +121,49 @@ function spawnAuto(model: string, flags: string[]): Promise<string> {
     proc.on("exit", (code) => reject(new Error(`exited with ${code}`)));
   });
 }
+
+test("split sessions through node processes: the client embeds and runs the head, nodes see hidden states only, and the logits are the same bits", async () => {
+  const model = await hfModel("tiny-llama");
+  const checkpoint = await openCheckpoint(model);
+  const L = checkpoint.config.numLayers;
+  const opts = { maxSequence: 128 };
+  const [whole, embedding, lmHead] = await Promise.all([
+    SpanRunner.load(checkpoint, { start: 0, end: L, embed: true, head: true }, opts),
+    ServedSpan.load(checkpoint, 0, 0, opts),
+    ServedSpan.load(checkpoint, L, L, opts),
+  ]);
+  const first = await startNode(model, "0:2");
+  const second = await startNode(model, `2:${L}`, first.addr);
+  const client = await SwarmClient.connect([first.addr], checkpoint.config, { modelId: defaultModelId(model), stepTimeoutMs: 10_000 });
+  try {
+    const peerOf = (addr: string) => addr.slice(addr.lastIndexOf("/p2p/") + 5);
+    for (let i = 0; i < 50 && (await client.provider.records()).length < 2; i++) await new Promise((r) => setTimeout(r, 200));
+    const hops = [
+      { peerId: peerOf(first.addr), start: 0, end: 2 },
+      { peerId: peerOf(second.addr), start: 2, end: L },
+    ];
+    const [h0, h1] = await Promise.all(hops.map((hop) => client.provider.open(hop, 32, { split: true })));
+    const w = whole.openSession(32);
+    const [e, h] = [embedding.openSession(32), lmHead.openSession(32)];
+    const tokens = sampleTokens(9, 512, 17);
+    for (const part of [tokens.slice(0, 7), tokens.slice(7, 8), tokens.slice(8, 9)]) {
+      const want = (await w.forward({ tokens: part }, { allLogits: true })).logits!;
+      const mid = await h0!.forward({ hidden: (await e.forward({ tokens: part })).hidden! }, {});
+      const out = await h1!.forward({ hidden: mid.hidden! }, {});
+      assert.equal(out.logits, undefined, "the last node returns hidden states, not logits");
+      const got = (await h.forward({ hidden: out.hidden! }, { allLogits: true })).logits!;
+      assert.ok(got.length === want.length && got.every((v, i) => Object.is(v, want[i])), "same bits");
+    }
+    // Token ids into a split session are refused, and the session goes on.
+    await assert.rejects(h0!.forward({ tokens: [1] }, {}), /hidden states/);
+    await Promise.all([h0!.close(), h1!.close()]);
+    // A plain session on the same node still takes token ids.
+    const plain = await client.provider.open(hops[0]!, 32);
+    assert.ok((await plain.forward({ tokens: [1, 2] }, {})).hidden);
+    await plain.close();
+  } finally {
+    await client.close();
+    await Promise.all([whole, embedding, lmHead].map((r) => r.release()));
+    for (const n of [first, second]) n.proc.kill("SIGKILL");
+  }
+});

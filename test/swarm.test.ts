@@ -260,6 +260,7 @@ test("garbage, truncated and out-of-range messages get typed errors", async () =
   assert.equal(errorCode((await talk(node, [Uint8Array.of(1, 0x7b)]))[0]), "BAD_LENGTH"); // truncated JSON
   assert.equal(errorCode((await talk(node, [encodeControl(Kind.Open, { start: 0, end: 3, maxLength: 8, codec: "none" })]))[0]), "BAD_SPAN");
   assert.equal(errorCode((await talk(node, [encodeStep({ stepId: 1, startFromPosition: 0, allLogits: false, tokens: [1] })]))[0]), "NOT_OPEN");
+  assert.equal(errorCode((await talk(node, [encodeControl(Kind.Open, { start: 0, end: 2, maxLength: 8, codec: "none", split: "yes" })]))[0]), "BAD_SHAPE");
 });
 
 test("bad steps fail only themselves: the session still works and closing the stream frees its cache", async () => {

@@ -223,7 +223,7 @@ export class Libp2pSpanProvider implements SpanProvider {
     return this.opts.codec ?? "none";
   }
 
-  async open(hop: Hop, maxLength: number, sessionOpts: { codec?: Codec } = {}): Promise<RemoteSpan> {
+  async open(hop: Hop, maxLength: number, sessionOpts: { codec?: Codec; split?: boolean } = {}): Promise<RemoteSpan> {
     if (!this.known.has(hop.peerId)) throw new SpanFailure(hop.peerId, "UNKNOWN_PEER", "no record known for this peer");
     let stream: Stream;
     try {
@@ -238,7 +238,7 @@ export class Libp2pSpanProvider implements SpanProvider {
     });
     const addrs = (known?.addresses ?? []).map((a) => a.multiaddr.toString());
     const opts = sessionOpts.codec ? { ...this.opts, codec: sessionOpts.codec } : this.opts;
-    return RemoteSpanStream.open(stream, hop, maxLength, opts, addrs);
+    return RemoteSpanStream.open(stream, hop, maxLength, opts, addrs, sessionOpts.split === true);
   }
 }
 
@@ -263,15 +263,18 @@ class RemoteSpanStream implements RemoteSpan {
     private readonly hop: Hop,
     private readonly opts: ProviderOptions,
     private readonly addrs: string[],
+    /** A split session: hidden states in at block 0 and out at block L. */
+    private readonly split: boolean,
   ) {
     this.lp = framedStream(stream);
     void this.readLoop();
   }
 
-  static async open(stream: Stream, hop: Hop, maxLength: number, opts: ProviderOptions, addrs: string[]): Promise<RemoteSpanStream> {
-    const span = new RemoteSpanStream(stream, hop, opts, addrs);
+  static async open(stream: Stream, hop: Hop, maxLength: number, opts: ProviderOptions, addrs: string[], split = false): Promise<RemoteSpanStream> {
+    const span = new RemoteSpanStream(stream, hop, opts, addrs, split);
     try {
-      await span.lp.write(encodeControl(Kind.Open, { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none", sessionId: span.sessionId }));
+      const open = { start: hop.start, end: hop.end, maxLength, codec: opts.codec ?? "none", sessionId: span.sessionId, ...(split ? { split } : {}) };
+      await span.lp.write(encodeControl(Kind.Open, open));
       const reply = await span.receive();
       if (reply.kind !== Kind.Opened) span.fail("UNEXPECTED", `expected an opened message, got kind ${reply.kind}`);
     } catch (e) {
@@ -452,7 +455,7 @@ class RemoteSpanStream implements RemoteSpan {
 
   /** A step's output, checked against the shape `count` tokens give on this span. */
   private output({ data, shape }: DecodedTensor, count: number, allLogits: boolean): ForwardOutput {
-    const head = this.hop.end === this.opts.numBlocks;
+    const head = this.hop.end === this.opts.numBlocks && !this.split;
     const [width, rows] = head ? [this.opts.vocabSize, allLogits ? count : 1] : [this.opts.hiddenSize, count];
     if (shape.length !== 3 || shape[0] !== 1 || shape[1] !== rows || shape[2] !== width) {
       this.fail("BAD_SHAPE", `result of shape [${shape}] for ${count} tokens, expected [1, ${rows}, ${width}]`);

@@ -68,6 +68,12 @@ export interface OpenRequest {
   codec: Codec;
   /** Names the session for pushes from the previous node (server-to-server chaining). */
   sessionId?: string;
+  /**
+   * Split inference: the client keeps the embedding, final norm and head, so this session takes
+   * hidden states at block 0 and returns hidden states at block L; the node sees no token id and
+   * no logit.
+   */
+  split?: boolean;
 }
 
 export interface StepRequest {
@@ -247,6 +253,10 @@ export function decodeMessage(bytes: Uint8Array, maxElements?: number): Message 
       if (!CODECS.includes(open.codec)) throw new ProtocolError("BAD_CODEC", `codec ${String(j.codec)}`);
       if (!(open.start < open.end)) throw new ProtocolError("BAD_SHAPE", `empty span [${open.start}, ${open.end})`);
       if (j.sessionId !== undefined) open.sessionId = sessionId(j.sessionId);
+      if (j.split !== undefined) {
+        if (typeof j.split !== "boolean") throw new ProtocolError("BAD_SHAPE", `split must be true or false, got ${JSON.stringify(j.split)}`);
+        if (j.split) open.split = true;
+      }
       return { kind, open };
     }
     case Kind.Link: {

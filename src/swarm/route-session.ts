@@ -82,7 +82,8 @@ export interface SpanProvider {
    */
   records(range?: BlockRange, opts?: { maxAgeMs?: number }): Promise<SpanRecord[]>;
   /** Opens a session on `hop`, whose first block takes token ids when hop.start is 0; `codec` overrides the provider's (verifiers use "none"). */
-  open(hop: Hop, maxLength: number, opts?: { codec?: Codec }): Promise<RemoteSpan>;
+  /** `split`: a split-inference session (hidden states in at block 0, out at block L). */
+  open(hop: Hop, maxLength: number, opts?: { codec?: Codec; split?: boolean }): Promise<RemoteSpan>;
   /** The codec sessions are opened with unless told otherwise. */
   readonly codec?: Codec;
   /** Row widths of hidden states and logits. */

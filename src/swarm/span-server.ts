@@ -74,6 +74,8 @@ export interface SessionRequest {
   codec: Codec;
   /** The client's name for the session (pushes from the previous node address it). */
   sessionId?: string;
+  /** Split inference: hidden states in at block 0 and out at block L (the client keeps the edges). */
+  split?: boolean;
 }
 
 export interface ServerStep {
@@ -283,7 +285,7 @@ export class SpanServer {
     if (!held) throw new Error(`runtime ${k} vanished while opening`);
     let engine: SpanSession;
     try {
-      engine = runtime.openSession(maxLength);
+      engine = runtime.openSession(maxLength, { split: request.split === true });
     } catch (e) {
       unreserve();
       this.releaseUnused();
@@ -472,13 +474,13 @@ export class SpanServer {
     if (step.startFromPosition < engine.length) engine.truncate(step.startFromPosition);
     let input: ForwardInput;
     let count: number;
-    if (start === 0) {
-      if (!step.tokens) throw new SessionError("blocks from 0 take token ids, not hidden states");
+    if (start === 0 && !session.request.split) {
+      if (!step.tokens) throw new SessionError("blocks from 0 take token ids, not hidden states (open the session split to send them)");
       input = { tokens: step.tokens };
       count = step.tokens.length;
     } else {
       const h = step.hidden;
-      if (!h) throw new SessionError(`block ${start} takes hidden states, not token ids`);
+      if (!h) throw new SessionError(`block ${start} takes hidden states, not token ids${start === 0 ? " (this session is split)" : ""}`);
       if (h.shape.length !== 3 || h.shape[0] !== 1 || h.shape[2] !== hiddenSize) {
         throw new SessionError(`hidden states must be [1, tokens, ${hiddenSize}], got [${h.shape}]`);
       }
