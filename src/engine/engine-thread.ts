@@ -11,6 +11,7 @@ import type { ModelConfig } from "../model/types.js";
 import {
   checkRollback,
   checkSessionLength,
+  checkSplit,
   type ForwardInput,
   type ForwardOptions,
   type ForwardOutput,
@@ -141,9 +142,7 @@ class ThreadRuntime implements SpanRuntime {
 
   openSession(maxLength: number, opts: SessionOptions = {}): SpanSession {
     checkSessionLength(maxLength, this.maxSequence);
-    if (opts.split && this.span.start === this.span.end) {
-      throw new SessionError(`a split session runs blocks, and span [${this.span.start}, ${this.span.end}) holds none`);
-    }
+    checkSplit(this.span, opts);
     return new ThreadSession(this.thread, this.id, maxLength, Boolean(opts.split));
   }
 

@@ -82,6 +82,11 @@ export interface SessionOptions {
   split?: boolean;
 }
 
+/** Refuses a split session on a span of no blocks (what every `openSession` checks). */
+export function checkSplit(span: SpanSpec, opts: SessionOptions): void {
+  if (opts.split && span.start === span.end) throw new SessionError(`a split session runs blocks, and span [${span.start}, ${span.end}) holds none`);
+}
+
 /** A loaded span of blocks. */
 export interface SpanRuntime {
   readonly span: SpanSpec;

@@ -10,6 +10,7 @@ import type { ModelConfig } from "../model/types.js";
 import {
   checkRollback,
   checkSessionLength,
+  checkSplit,
   type ForwardInput,
   type ForwardOptions,
   type ForwardOutput,
@@ -60,18 +61,23 @@ export class ServedSpan implements SpanRuntime {
     const L = checkpoint.config.numLayers;
     const span = servedSpan(start, end, L);
     if (!validSpan(span, L)) throw new SessionError(`invalid span [${start}, ${end}) for a model of ${L} blocks`);
+    // An edge is its own single part; a span of blocks is [embedding edge,] blocks[, head edge].
+    const specs: SpanSpec[] =
+      start === end
+        ? [span]
+        : [
+            ...(span.embed ? [{ start: 0, end: 0, embed: true, head: false }] : []),
+            { start, end, embed: false, head: false },
+            ...(span.head ? [{ start: L, end: L, embed: false, head: true }] : []),
+          ];
     const parts: SpanRunner[] = [];
-    let blocks: SpanRunner | undefined;
     try {
-      if (span.embed && start < end) parts.push(await SpanRunner.load(checkpoint, { start: 0, end: 0, embed: true, head: false }, options));
-      if (start < end) parts.push((blocks = await SpanRunner.load(checkpoint, { start, end, embed: false, head: false }, options)));
-      else parts.push(await SpanRunner.load(checkpoint, span, options));
-      if (span.head && start < end) parts.push(await SpanRunner.load(checkpoint, { start: L, end: L, embed: false, head: true }, options));
+      for (const spec of specs) parts.push(await SpanRunner.load(checkpoint, spec, options));
     } catch (e) {
       await Promise.all(parts.map((p) => p.release()));
       throw e;
     }
-    return new ServedSpan(span, parts, blocks);
+    return new ServedSpan(span, parts, start < end ? parts[span.embed ? 1 : 0] : undefined);
   }
 
   get maxSequence(): number {
@@ -84,10 +90,8 @@ export class ServedSpan implements SpanRuntime {
 
   openSession(maxLength: number, opts: SessionOptions = {}): SpanSession {
     checkSessionLength(maxLength, this.maxSequence);
-    if (opts.split) {
-      if (!this.blocks) throw new SessionError(`a split session runs blocks, and span [${this.span.start}, ${this.span.end}) holds none`);
-      return this.blocks.openSession(maxLength);
-    }
+    checkSplit(this.span, opts);
+    if (opts.split) return this.blocks!.openSession(maxLength);
     const sessions = this.parts.map((p) => p.openSession(maxLength));
     return sessions.length === 1 ? sessions[0]! : new ComposedSession(sessions, maxLength);
   }
